@@ -1,0 +1,1 @@
+"""Analysis: accuracy by class and group, Logits Magnitude, Regularized Standard Deviation, plots."""

@@ -1,0 +1,131 @@
+"""Feature files: ``.npz`` with ``<split>_features`` (N x D float) and ``<split>_labels``
+(N int) for ``split`` in train, val (optional) and test, plus optional ``classes``
+(names) and stage-1 classifier ``init_weight`` (K x D) / ``init_bias`` (K)."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LortError
+from ..io import save_npz
+from .longtail import class_groups
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class FeatureSet:
+    """Frozen features of each split, the class names and (optionally) the stage-1 classifier."""
+
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]
+    classes: list[str]
+    init_weight: np.ndarray | None = None
+    init_bias: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def dim(self) -> int:
+        return self.splits["train"][0].shape[1]
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        return np.bincount(self.splits["train"][1], minlength=self.num_classes)
+
+    @property
+    def groups(self) -> np.ndarray:
+        return class_groups(self.train_counts)
+
+    def save(self, path: str | Path) -> None:
+        arrays = {}
+        for split, (x, y) in self.splits.items():
+            arrays[f"{split}_features"] = x
+            arrays[f"{split}_labels"] = y
+        arrays["classes"] = np.asarray(self.classes)
+        if self.init_weight is not None:
+            arrays["init_weight"] = self.init_weight
+            arrays["init_bias"] = (
+                self.init_bias if self.init_bias is not None else np.zeros(len(self.init_weight))
+            )
+        save_npz(path, **arrays)
+
+
+def validate_features(
+    splits: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int, where: str = "features"
+) -> None:
+    """Check shapes, finiteness, label range and that no class is empty in train."""
+    if "train" not in splits:
+        raise LortError(f"{where}: no train split")
+    dim = None
+    for split, (x, y) in splits.items():
+        if x.ndim != 2:
+            raise LortError(
+                f"{where}: {split} features must be 2-D (samples x dims), got shape {x.shape}"
+            )
+        if y.ndim != 1 or len(y) != len(x):
+            raise LortError(f"{where}: {split} has {len(x)} feature rows but {len(y)} labels")
+        if dim is not None and x.shape[1] != dim:
+            raise LortError(f"{where}: {split} features have {x.shape[1]} dims, train has {dim}")
+        dim = x.shape[1] if dim is None else dim
+        if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
+            raise LortError(f"{where}: {split} features are not numeric ({x.dtype})")
+        bad = (
+            np.flatnonzero(~np.isfinite(x).all(axis=1))
+            if np.issubdtype(x.dtype, np.floating)
+            else []
+        )
+        if len(bad):
+            raise LortError(f"{where}: {split} features hold NaN or Inf (row {bad[0]})")
+        if len(y) and (y.min() < 0 or y.max() >= num_classes):
+            v = y.min() if y.min() < 0 else y.max()
+            raise LortError(f"{where}: {split} label {v} outside [0, {num_classes})")
+    counts = np.bincount(splits["train"][1], minlength=num_classes)
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        raise LortError(f"{where}: class {empty[0]} has no training samples")
+
+
+def load_features(path: str | Path) -> FeatureSet:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise LortError(f"{path}: no such feature file") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise LortError(f"{path}: not a readable .npz feature file ({exc})") from None
+    splits = {}
+    for split in SPLITS:
+        if f"{split}_features" in arrays:
+            if f"{split}_labels" not in arrays:
+                raise LortError(f"{path}: has {split}_features but no {split}_labels")
+            x = arrays[f"{split}_features"]
+            y = arrays[f"{split}_labels"]
+            if not np.issubdtype(y.dtype, np.integer):
+                raise LortError(f"{path}: {split}_labels must be integers, got {y.dtype}")
+            splits[split] = (
+                x.astype(np.float32, copy=False) if x.ndim == 2 else x,
+                y.astype(np.int64),
+            )
+    for split in ("train", "test"):
+        if split not in splits:
+            raise LortError(f"{path}: missing {split}_features / {split}_labels")
+    if "classes" in arrays:
+        classes = [str(c) for c in arrays["classes"]]
+    else:
+        classes = [str(i) for i in range(int(max(y.max() for _, y in splits.values())) + 1)]
+    validate_features(splits, len(classes), str(path))
+    init_w = arrays.get("init_weight")
+    init_b = arrays.get("init_bias")
+    if init_w is not None and init_w.shape != (len(classes), splits["train"][0].shape[1]):
+        raise LortError(
+            f"{path}: init_weight has shape {init_w.shape}, expected {(len(classes), splits['train'][0].shape[1])}"
+        )
+    return FeatureSet(splits=splits, classes=classes, init_weight=init_w, init_bias=init_b)

@@ -1,0 +1,150 @@
+"""Long-tailed subsets, the validation split and Many/Medium/Few groups."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import LortError
+from .profiles import class_counts
+from .splits import RawDataset, Split
+
+MANY, MEDIUM, FEW = 0, 1, 2
+GROUP_NAMES = ("many", "medium", "few")
+MANY_ABOVE = 100  # a class with more than 100 training images is Many
+FEW_BELOW = 20  # fewer than 20 is Few; 20-100 is Medium
+
+
+def class_groups(train_counts: np.ndarray) -> np.ndarray:
+    """Group of each class from its training count: 0 Many (>100), 1 Medium (20-100), 2 Few (<20)."""
+    counts = np.asarray(train_counts)
+    groups = np.full(len(counts), MEDIUM, dtype=np.int64)
+    groups[counts > MANY_ABOVE] = MANY
+    groups[counts < FEW_BELOW] = FEW
+    return groups
+
+
+@dataclass
+class LongTailedDataset:
+    """Train (long-tailed), validation (balanced, held out from train) and test splits."""
+
+    name: str
+    classes: list[str]
+    train: Split
+    val: Split | None
+    test: Split
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        return self.train.counts(self.num_classes)
+
+    @property
+    def groups(self) -> np.ndarray:
+        return class_groups(self.train_counts)
+
+    def summary(self) -> dict[str, Any]:
+        counts = self.train_counts
+        groups = self.groups
+        return {
+            "dataset": self.name,
+            "num_classes": self.num_classes,
+            "train_counts": counts.tolist(),
+            "train_size": int(counts.sum()),
+            "imbalance_ratio": float(counts.max() / max(counts.min(), 1)),
+            "groups": {g: int((groups == i).sum()) for i, g in enumerate(GROUP_NAMES)},
+            "val_size": 0 if self.val is None else len(self.val),
+            "val_counts": None if self.val is None else self.val.counts(self.num_classes).tolist(),
+            "test_size": len(self.test),
+            **self.info,
+        }
+
+
+def make_long_tailed(
+    raw: RawDataset,
+    imbalance_ratio: float = 100.0,
+    profile: str = "exp",
+    max_per_class: int | None = None,
+    selection: str = "first",
+    seed: int = 0,
+    val_per_class: int = 20,
+    step_fraction: float = 0.5,
+) -> LongTailedDataset:
+    """Subsample ``raw``'s train split to an imbalance profile and hold out a validation split.
+
+    Class ``k`` keeps ``n_k`` images (see :func:`lort.data.profiles.class_counts`, head
+    class = class 0): the first ``n_k`` in file order (``selection='first'``, as the
+    public reference code does) or a seeded random choice (``'random'``). The
+    validation split takes up to ``val_per_class`` images per class, seeded at random,
+    from the training images the subset did not use, so it never overlaps train or
+    test. A class whose every image is in the subset (the head class at the standard
+    ``n_max``) has fewer validation images; ``info['val_shortfall']`` names them. Pass
+    a smaller ``max_per_class`` for a validation split balanced over every class.
+
+    Sources that already are long-tailed (``raw.long_tailed``) keep their train split;
+    their own ``val`` split, if any, is the validation split.
+    """
+    if selection not in ("first", "random"):
+        raise LortError(f"unknown selection {selection!r}; choose first or random")
+    if val_per_class < 0:
+        raise LortError(f"val_per_class must be >= 0, got {val_per_class}")
+    k = raw.num_classes
+    train = raw.splits["train"]
+    test = raw.splits["test"]
+    available = train.counts(k)
+    empty = np.flatnonzero(available == 0)
+    if len(empty):
+        raise LortError(f"{raw.source}: class {raw.classes[empty[0]]!r} has no training images")
+    info: dict[str, Any] = {"source": raw.source, "seed": seed}
+    rng = np.random.default_rng(seed)
+    by_class = [np.flatnonzero(train.labels == c) for c in range(k)]
+    if raw.long_tailed:
+        info.update(profile="given", selection="given")
+        lt_train = train
+        val = raw.splits.get("val")
+    else:
+        n_max = int(max_per_class) if max_per_class is not None else int(available.max())
+        counts = class_counts(profile, n_max, k, imbalance_ratio, step_fraction)
+        short = [c for c in range(k) if counts[c] > available[c]]
+        if short:
+            c = short[0]
+            raise LortError(
+                f"class {raw.classes[c]!r} has {available[c]} training images, the profile asks for "
+                f"{counts[c]}; lower max_per_class or the imbalance ratio"
+            )
+        chosen, val_idx, shortfall = [], [], []
+        for c in range(k):
+            idx = by_class[c]
+            if selection == "random":
+                idx = rng.permutation(idx)
+            chosen.append(idx[: counts[c]])
+            rest = idx[counts[c] :]
+            take = min(val_per_class, len(rest))
+            if take < val_per_class:
+                shortfall.append(raw.classes[c])
+            val_idx.append(
+                np.sort(rng.choice(rest, size=take, replace=False)) if take else rest[:0]
+            )
+        train_idx = np.concatenate(chosen)
+        lt_train = train.subset(train_idx)
+        val = train.subset(np.concatenate(val_idx)) if val_per_class else None
+        info.update(
+            profile=profile,
+            imbalance_ratio=float(imbalance_ratio),
+            max_per_class=n_max,
+            selection=selection,
+            val_per_class=val_per_class,
+            val_shortfall=shortfall,
+        )
+    empty = np.flatnonzero(lt_train.counts(k) == 0)
+    if len(empty):
+        raise LortError(f"class {raw.classes[empty[0]]!r} is left with zero training images")
+    return LongTailedDataset(
+        name=raw.name, classes=raw.classes, train=lt_train, val=val, test=test, info=info
+    )

@@ -1,0 +1,15 @@
+"""The one exception type for bad input: the command line prints its message and exits 2."""
+
+
+class LortError(Exception):
+    """Bad input or an impossible request.
+
+    The message is one line that names the file, line or value at fault and, where it
+    helps, what to do instead. ``lort.cli`` prints it and exits with code 2.
+    """
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise :class:`LortError` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise LortError(message)
