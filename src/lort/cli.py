@@ -108,6 +108,70 @@ def cmd_data_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+# Convenience flags of `lort train` and `lort run`: each is a shortcut for --set KEY=VALUE.
+SHORTCUTS = {
+    "model": "stage1.model",
+    "epochs": "stage1.epochs",
+    "lr": "stage1.lr",
+    "weight_decay": "stage1.weight_decay",
+    "batch_size": "stage1.batch_size",
+    "seed": "stage1.seed",
+    "dataset": "data.dataset",
+    "root": "data.root",
+    "imbalance_ratio": "data.imbalance_ratio",
+}
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config (sections data, stage1, stage2); see configs/")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set stage1.lr=0.05 (repeatable)",
+    )
+    g = p.add_argument_group("shortcuts for --set")
+    g.add_argument(
+        "--model", help="stage1.model (resnet32, resnet34_cifar, resnet50, resnext50_32x4d)"
+    )
+    g.add_argument("--epochs", type=int, help="stage1.epochs")
+    g.add_argument("--lr", type=float, help="stage1.lr")
+    g.add_argument("--weight-decay", type=float, help="stage1.weight_decay")
+    g.add_argument("--batch-size", type=int, help="stage1.batch_size")
+    g.add_argument("--seed", type=int, help="stage1.seed")
+    g.add_argument("--dataset", help="data.dataset")
+    g.add_argument("--root", help="data.root (default: $LORT_DATA)")
+    g.add_argument("--imbalance-ratio", type=float, help="data.imbalance_ratio")
+
+
+def _run_config(args: argparse.Namespace):
+    from .config import load_config, parse_override
+
+    overrides = dict(parse_override(o) for o in args.overrides)
+    for attr, key in SHORTCUTS.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            overrides[key] = value
+    return load_config(args.config, overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .stage1.train import train
+
+    cfg = _run_config(args)
+    summary = train(cfg, args.out, resume=args.resume)
+    if summary:
+        t = summary["test"]
+        print(
+            f"stage 1 done: {summary['selected_checkpoint']} (epoch {summary['selected_epoch']}, "
+            f"{summary['selected_by']}); test acc {t['acc']:.4f} "
+            f"(many {t['many']}, medium {t['medium']}, few {t['few']}); {args.out}"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lort",
@@ -125,6 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(plot)
     plot.add_argument("--out", required=True, help="PNG file to write")
     plot.set_defaults(func=cmd_data_plot)
+
+    tr = sub.add_parser("train", help="stage 1: train a backbone on the long-tailed set")
+    _add_config_args(tr)
+    tr.add_argument(
+        "--out", required=True, help="run folder (checkpoints, metrics.jsonl, summary.json)"
+    )
+    tr.add_argument(
+        "--resume", action="store_true", help="continue the run in --out where it stopped"
+    )
+    tr.set_defaults(func=cmd_train)
     return parser
 
 

@@ -7,6 +7,7 @@ missing, of the wrong size or whose hash differs is rebuilt, never trusted.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -58,6 +59,13 @@ def cached_arrays(
     entry = _load_entry(folder)
     if entry is not None:
         return entry
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time (e.g. torchrun ranks)
+        return _load_entry(folder) or _build_entry(folder, build)
+
+
+def _build_entry(folder: Path, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     if folder.exists():
         shutil.rmtree(folder, ignore_errors=True)
     arrays = build()

@@ -1,0 +1,214 @@
+"""Run configuration: nested dataclasses loaded from YAML with ``key=value`` overrides.
+
+Unknown keys, values of the wrong type and impossible values are errors naming the key
+(and the file), never silently ignored. The resolved configuration is saved beside
+every output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .data.config import DataConfig
+from .errors import LortError
+
+
+@dataclass
+class Stage1Config:
+    model: str = "resnet32"
+    epochs: int = 200
+    batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-3
+    warmup_epochs: int = 0
+    max_norm: float | None = None  # per-class classifier weight-norm bound after each step
+    amp: str = (
+        "auto"  # none | auto (bf16 where native: AMX/AVX-512 CPUs, recent GPUs) | bf16 | fp16 (GPU)
+    )
+    channels_last: bool = True
+    compile: bool = False
+    deterministic: bool = True
+    seed: int = 0
+    workers: int = 4  # DataLoader workers for large (streamed) images
+    eval_every: int = 1
+    steps_per_epoch: int | None = None  # cap, for quick tests and smoke runs
+    eval_batch_size: int = 512
+
+
+@dataclass
+class Stage2Config:
+    methods: list[str] = field(default_factory=lambda: ["all"])
+    views: int = 1  # augmented views of each training image in the feature cache
+    tta_flip: bool = False
+    seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except LortError:
+                continue
+        raise LortError(f"config key {key}: {value!r} is not a {tp}")
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise LortError(f"config key {key}: expected a list, got {value!r}")
+        return [_coerce(v, inner, key) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise LortError(f"config key {key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise LortError(f"config key {key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise LortError(f"config key {key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise LortError(f"config key {key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, values: dict, prefix: str, where: str) -> Any:
+    if not isinstance(values, dict):
+        raise LortError(f"{where}: section {prefix.rstrip('.') or '(top)'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise LortError(
+                f"{where}: unknown config key {prefix}{key}; known keys: {', '.join(sorted(names))}"
+            )
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value or {}, f"{prefix}{key}.", where)
+        else:
+            kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise LortError(f"override {dotted}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``stage1.lr=0.1`` -> ``("stage1.lr", 0.1)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise LortError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | dict | None = None
+) -> RunConfig:
+    """Load a YAML file (or defaults), apply overrides, validate, return a :class:`RunConfig`."""
+    tree: dict = {}
+    where = "command line"
+    if path is not None:
+        where = str(path)
+        try:
+            tree = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise LortError(f"{path}: no such config file") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise LortError(
+                f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})"
+            ) from None
+        if not isinstance(tree, dict):
+            raise LortError(f"{path}: a config file must be a mapping of sections")
+    items = (
+        overrides.items()
+        if isinstance(overrides, dict)
+        else [parse_override(o) for o in overrides or []]
+    )
+    for key, value in items:
+        _set_path(tree, key, value)
+    cfg = _build(RunConfig, tree, "", where)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    from .models.registry import model_input_size
+
+    s1 = cfg.stage1
+    model_input_size(s1.model)  # unknown model names fail here, before any data is read
+    checks = [
+        (s1.lr > 0, f"stage1.lr must be > 0, got {s1.lr}"),
+        (s1.epochs >= 1, f"stage1.epochs must be >= 1, got {s1.epochs}"),
+        (s1.batch_size >= 1, f"stage1.batch_size must be >= 1, got {s1.batch_size}"),
+        (s1.weight_decay >= 0, f"stage1.weight_decay must be >= 0, got {s1.weight_decay}"),
+        (0 <= s1.momentum < 1, f"stage1.momentum must lie in [0, 1), got {s1.momentum}"),
+        (
+            0 <= s1.warmup_epochs < s1.epochs,
+            f"stage1.warmup_epochs must lie in [0, epochs), got {s1.warmup_epochs}",
+        ),
+        (s1.max_norm is None or s1.max_norm > 0, f"stage1.max_norm must be > 0, got {s1.max_norm}"),
+        (
+            s1.amp in ("none", "auto", "bf16", "fp16"),
+            f"stage1.amp must be none, auto, bf16 or fp16, got {s1.amp!r}",
+        ),
+        (
+            s1.steps_per_epoch is None or s1.steps_per_epoch >= 1,
+            "stage1.steps_per_epoch must be >= 1",
+        ),
+        (
+            cfg.data.imbalance_ratio >= 1,
+            f"data.imbalance_ratio must be >= 1, got {cfg.data.imbalance_ratio}",
+        ),
+        (cfg.stage2.views >= 1, f"stage2.views must be >= 1, got {cfg.stage2.views}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise LortError(message)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

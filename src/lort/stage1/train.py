@@ -1,0 +1,424 @@
+"""Stage 1: train a backbone on the long-tailed set (cross-entropy, SGD, cosine schedule,
+tuned weight decay and optional MaxNorm: the weight-balancing recipe).
+
+One loop (:func:`train_one_epoch`), one evaluation (:func:`predict`), checkpoints each
+epoch written atomically, ``resume`` continuing where a killed run stopped. On CPU with
+deterministic settings a resumed run ends with the same weights as an uninterrupted one:
+all randomness of an epoch comes from generators seeded by ``(seed, epoch, rank)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..analysis.metrics import accuracy_report
+from ..config import RunConfig, dump_yaml, to_dict
+from ..data import LongTailedDataset, Split, build_dataset
+from ..data.augment import BatchAugment, iterate_batches
+from ..data.transforms import ImagePathDataset
+from ..env_info import environment
+from ..errors import LortError
+from ..io import write_json, write_text
+from ..models import create_model, model_input_size
+from .checkpoint import load_model_state, read_checkpoint, save_checkpoint
+from .distributed import DistInfo, barrier, cleanup, setup_distributed
+
+
+def seeded(*parts: int) -> torch.Generator:
+    """A generator whose seed is a stable function of ``parts`` (seed, epoch, rank...)."""
+    seed = 0
+    for p in parts:
+        seed = (seed * 1_000_003 + int(p) + 1) % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+def max_norm_(weight: torch.Tensor, threshold: float) -> None:
+    """Project each class's weight vector onto the ball of radius ``threshold`` (MaxNorm)."""
+    with torch.no_grad():
+        norms = weight.norm(dim=1, keepdim=True)
+        weight.mul_(torch.clamp(threshold / norms.clamp_min(1e-12), max=1.0))
+
+
+def cosine_factor(step: int, total: int, warmup: int) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _shard(n: int, epoch_gen: torch.Generator, info: DistInfo, batch_size: int) -> np.ndarray:
+    """This rank's indices of an epoch: one shared permutation, padded, split by rank."""
+    order = torch.randperm(n, generator=epoch_gen).numpy()
+    if info.world_size > 1:
+        per_rank = math.ceil(n / info.world_size)
+        order = np.concatenate([order, order[: per_rank * info.world_size - n]])
+        order = order[info.rank :: info.world_size]
+    if len(order) % batch_size == 1:  # a batch of one breaks BatchNorm in train mode
+        order = order[:-1]
+    return order
+
+
+def train_batches(
+    split: Split, epoch: int, cfg: RunConfig, info: DistInfo, input_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    s1 = cfg.stage1
+    shard = _shard(len(split), seeded(s1.seed, epoch), info, s1.batch_size)
+    if split.images is not None:
+        yield from iterate_batches(
+            split.images,
+            split.labels,
+            s1.batch_size,
+            shuffle=False,
+            generator=seeded(s1.seed, epoch, info.rank, 1),
+            augment=BatchAugment(),
+            indices=shard,
+        )
+        return
+    dataset = ImagePathDataset(split.paths, split.labels, train=True, size=input_size, seed=s1.seed)
+    dataset.set_epoch(epoch)
+    yield from torch.utils.data.DataLoader(
+        dataset,
+        batch_size=s1.batch_size,
+        sampler=shard.tolist(),
+        num_workers=s1.workers,
+        pin_memory=info.device.type == "cuda",
+        persistent_workers=False,
+    )
+
+
+def eval_batches(split: Split, batch_size: int, input_size: int, workers: int = 0):
+    if split.images is not None:
+        return iterate_batches(split.images, split.labels, batch_size, shuffle=False)
+    dataset = ImagePathDataset(split.paths, split.labels, train=False, size=input_size)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+
+
+@torch.no_grad()
+def predict(
+    fn,
+    split: Split,
+    batch_size: int,
+    device: torch.device,
+    input_size: int,
+    workers: int = 0,
+    channels_last: bool = True,
+    desc: str | None = None,
+) -> np.ndarray:
+    """``fn(x)`` over a split in order (eval transforms), concatenated as float32 numpy."""
+    outs = []
+    batches = eval_batches(split, batch_size, input_size, workers)
+    for x, _ in tqdm(batches, desc=desc, disable=desc is None, leave=False, unit="batch"):
+        x = x.to(
+            device, memory_format=torch.channels_last if channels_last else torch.contiguous_format
+        )
+        outs.append(fn(x).float().cpu())
+    return torch.cat(outs).numpy()
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` (none | auto | bf16 | fp16) on ``device``.
+
+    ``auto`` takes bf16 where the hardware runs it natively (CUDA with bf16 support; CPUs
+    with AVX-512 BF16 / AMX through oneDNN) and full precision elsewhere. fp16 is for
+    CUDA only (with a gradient scaler)."""
+    if amp == "none":
+        return None
+    if device.type == "cuda":
+        if amp == "fp16":
+            return torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() or amp == "bf16" else None
+    if amp == "fp16":
+        return None
+    native = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+    return torch.bfloat16 if native or amp == "bf16" else None
+
+
+def autocast(amp: str, device: torch.device):
+    dtype = autocast_dtype(amp, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    classifier: nn.Linear,
+    batches,
+    optimizer,
+    scheduler,
+    scaler,
+    cfg: RunConfig,
+    info: DistInfo,
+    epoch: int,
+    steps: int,
+) -> dict:
+    model.train()
+    s1 = cfg.stage1
+    total_loss, correct, seen = 0.0, 0, 0
+    t0 = time.perf_counter()
+    bar = tqdm(
+        total=steps,
+        desc=f"epoch {epoch + 1}/{s1.epochs}",
+        disable=not info.is_main or None,
+        unit="step",
+        leave=False,
+    )
+    memory_format = torch.channels_last if s1.channels_last else torch.contiguous_format
+    for step, (x, y) in enumerate(batches):
+        if step >= steps:
+            break
+        x = x.to(info.device, memory_format=memory_format, non_blocking=True)
+        y = y.to(info.device, non_blocking=True)
+        with autocast(s1.amp, info.device):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise LortError(
+                f"stage 1 loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
+                f"the last good checkpoint is kept; lower stage1.lr (now {s1.lr})"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        if s1.max_norm:
+            max_norm_(classifier.weight, s1.max_norm)
+        n = len(y)
+        total_loss += loss.item() * n
+        correct += int((logits.argmax(1) == y).sum())
+        seen += n
+        rate = seen / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{rate * info.world_size:.0f}")
+        bar.update(1)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    return {
+        "train_loss": total_loss / max(seen, 1),
+        "train_acc": correct / max(seen, 1),
+        "images_per_s": seen * info.world_size / max(elapsed, 1e-9),
+        "epoch_time_s": elapsed,
+    }
+
+
+def _check_out_dir(out: Path, cfg: RunConfig, resume: bool) -> dict | None:
+    """The checkpoint to resume from, or None for a fresh run; errors on a foreign run."""
+    last = out / "last.pt"
+    if not last.exists():
+        if (out / "config.yaml").exists() and not resume:
+            saved = (out / "config.yaml").read_text()
+            if saved != dump_yaml(cfg):
+                raise LortError(f"{out} already holds a different run; choose another --out")
+        return None
+    if not resume:
+        raise LortError(
+            f"{out} already holds a run (last.pt); pass --resume to continue it or choose another --out"
+        )
+    ckpt = read_checkpoint(last)
+    saved, now = ckpt.get("config", {}), to_dict(cfg)
+    for section in ("data", "stage1"):
+        for key, value in now[section].items():
+            if key in ("workers",):
+                continue
+            if saved.get(section, {}).get(key) != value:
+                raise LortError(
+                    f"{last}: was trained with {section}.{key}={saved.get(section, {}).get(key)!r}, "
+                    f"not {value!r}; resume with the same config or choose another --out"
+                )
+    return ckpt
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def train(
+    cfg: RunConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    dataset: LongTailedDataset | None = None,
+) -> dict:
+    """Train stage 1 into ``out_dir``; returns the summary (also written to summary.json)."""
+    info = setup_distributed()
+    try:
+        return _train(cfg, Path(out_dir), resume, dataset, info)
+    finally:
+        cleanup(info)
+
+
+def _train(
+    cfg: RunConfig, out: Path, resume: bool, dataset: LongTailedDataset | None, info: DistInfo
+) -> dict:
+    s1 = cfg.stage1
+    if (out / "summary.json").exists() and resume:
+        return json.loads((out / "summary.json").read_text())
+    ckpt = _check_out_dir(out, cfg, resume)
+    if s1.deterministic and info.device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    torch.manual_seed(s1.seed)
+    ds = dataset or build_dataset(cfg.data)
+    input_size = model_input_size(s1.model)
+    model = create_model(s1.model, ds.num_classes).to(info.device)
+    if s1.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    counts = ds.train_counts
+    steps = math.ceil(len(_shard(len(ds.train), seeded(0), info, s1.batch_size)) / s1.batch_size)
+    if s1.steps_per_epoch:
+        steps = min(steps, s1.steps_per_epoch)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=s1.lr, momentum=s1.momentum, weight_decay=s1.weight_decay
+    )
+    total = steps * s1.epochs
+    warm = steps * s1.warmup_epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: cosine_factor(step, total, warm)
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=s1.amp == "fp16" and info.device.type == "cuda")
+    start_epoch, best = 0, {"epoch": None, "val_balanced_acc": -1.0}
+    if ckpt is not None:
+        load_model_state(model, ckpt["model"], str(out / "last.pt"))
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        start_epoch = ckpt["epoch"]
+        best = ckpt["best"]
+    raw_model = model
+    classifier = raw_model.get_classifier()
+    if info.enabled:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
+        )
+    train_fn = torch.compile(model) if s1.compile else model
+    metrics_path = out / "metrics.jsonl"
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", dump_yaml(cfg))
+        write_json(out / "environment.json", environment(s1.seed) | {"world_size": info.world_size})
+        write_json(out / "dataset.json", ds.summary())
+        if metrics_path.exists():  # drop epochs a killed run logged after its last checkpoint
+            kept = [
+                ln
+                for ln in metrics_path.read_text().splitlines()
+                if ln.strip() and json.loads(ln)["epoch"] <= start_epoch
+            ]
+            write_text(metrics_path, "".join(ln + "\n" for ln in kept))
+    for epoch in range(start_epoch, s1.epochs):
+        batches = train_batches(ds.train, epoch, cfg, info, input_size)
+        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        record |= train_one_epoch(
+            train_fn, classifier, batches, optimizer, scheduler, scaler, cfg, info, epoch, steps
+        )
+        if (
+            info.is_main
+            and ds.val is not None
+            and len(ds.val)
+            and ((epoch + 1) % s1.eval_every == 0 or epoch + 1 == s1.epochs)
+        ):
+            raw_model.eval()
+            logits = predict(
+                raw_model, ds.val, s1.eval_batch_size, info.device, input_size, 0, s1.channels_last
+            )
+            rep = accuracy_report(logits, ds.val.labels, counts)
+            record |= {f"val_{k}": v for k, v in rep.items() if k != "per_class"}
+        if info.is_main:
+            improved = record.get("val_balanced_acc", -1.0) > best["val_balanced_acc"]
+            if improved:
+                best = {"epoch": epoch + 1, "val_balanced_acc": record["val_balanced_acc"]}
+            state = {
+                "arch": s1.model,
+                "num_classes": ds.num_classes,
+                "model": raw_model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch + 1,
+                "best": best,
+                "rng": {"torch": torch.get_rng_state()},
+                "config": to_dict(cfg),
+                "classes": ds.classes,
+                "train_counts": counts.tolist(),
+            }
+            if improved:
+                save_checkpoint(
+                    out / "best.pt", **{k: v for k, v in state.items() if k not in ("optimizer",)}
+                )
+            save_checkpoint(out / "last.pt", **state)
+            _append_jsonl(metrics_path, record)
+            val = record.get("val_balanced_acc")
+            tqdm.write(
+                f"epoch {epoch + 1}/{s1.epochs}  loss {record['train_loss']:.4f}  train acc {record['train_acc']:.3f}"
+                + (
+                    f"  val acc {val:.3f} (many {record['val_many']}, medium {record['val_medium']}, "
+                    f"few {record['val_few']})"
+                    if val is not None
+                    else ""
+                )
+                + f"  {record['images_per_s']:.0f} img/s"
+            )
+        barrier(info)
+    summary = _finish(raw_model, ds, cfg, out, info, best, input_size)
+    return summary
+
+
+def _replica_checksum(model: nn.Module, info: DistInfo) -> list[float]:
+    """Sum of all parameters on each rank (gathered), to show replicas stayed in sync."""
+    local = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    if not info.enabled:
+        return [float(local)]
+    gathered = [torch.zeros_like(local) for _ in range(info.world_size)]
+    torch.distributed.all_gather(gathered, local.to(info.device))
+    return [float(g) for g in gathered]
+
+
+def _finish(
+    model,
+    ds: LongTailedDataset,
+    cfg: RunConfig,
+    out: Path,
+    info: DistInfo,
+    best: dict,
+    input_size: int,
+):
+    checksums = _replica_checksum(model, info)
+    if not info.is_main:
+        return {}
+    selected = "best.pt" if best["epoch"] is not None else "last.pt"
+    ckpt = read_checkpoint(out / selected)
+    load_model_state(model, ckpt["model"], str(out / selected))
+    model.eval()
+    s1 = cfg.stage1
+    logits = predict(
+        model, ds.test, s1.eval_batch_size, info.device, input_size, 0, s1.channels_last
+    )
+    test = accuracy_report(logits, ds.test.labels, ds.train_counts)
+    summary = {
+        "model": s1.model,
+        "epochs": s1.epochs,
+        "selected_checkpoint": selected,
+        "selected_epoch": ckpt["epoch"],
+        "selected_by": "validation balanced accuracy"
+        if best["epoch"] is not None
+        else "last epoch (no validation split)",
+        "val_balanced_acc": best["val_balanced_acc"] if best["epoch"] is not None else None,
+        "test": test,
+        "world_size": info.world_size,
+        "replica_param_sums": checksums,
+    }
+    write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,207 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from lort.cli import main
+from lort.config import load_config
+from lort.errors import LortError
+from lort.models import create_model, list_models
+from lort.stage1.checkpoint import load_model, read_checkpoint
+from lort.stage1.train import cosine_factor, max_norm_, train
+
+from .conftest import SHARED_CIFAR10, make_cifar_archive
+
+
+def test_every_model_separates_features_and_classifier():
+    for name, size, dim in [("resnet32", 32, 64), ("resnet34_cifar", 32, 512)]:
+        model = create_model(name, 7).eval()
+        x = torch.randn(2, 3, size, size)
+        feats = model.forward_features(x)
+        assert feats.shape == (2, dim)
+        assert torch.allclose(model(x), model.get_classifier()(feats))
+        model.reset_classifier(3)
+        assert model(x).shape == (2, 3)
+    assert {"resnet50", "resnext50_32x4d"} <= set(list_models())
+
+
+def test_resnet32_has_the_standard_size():
+    n = sum(p.numel() for p in create_model("resnet32", 10).parameters())
+    assert 0.45e6 < n < 0.48e6  # 0.46M, He et al. (2016)
+
+
+def test_imagenet_backbones_have_2048_features_and_standard_sizes():
+    m = create_model("resnet50", 1000)
+    assert m.num_features == 2048
+    assert 25.0e6 < sum(p.numel() for p in m.parameters()) < 25.7e6  # 25.6M
+    x = create_model("resnext50_32x4d", 1000)
+    assert 24.8e6 < sum(p.numel() for p in x.parameters()) < 25.2e6  # 25.0M
+
+
+def test_max_norm_projects_only_rows_above_the_bound():
+    w = torch.tensor([[3.0, 4.0], [0.3, 0.4]])
+    max_norm_(w, 1.0)
+    assert torch.allclose(w.norm(dim=1), torch.tensor([1.0, 0.5]))
+
+
+def test_cosine_schedule_with_warmup():
+    assert cosine_factor(0, 100, 10) == pytest.approx(0.1)
+    assert cosine_factor(10, 100, 10) == pytest.approx(1.0)
+    assert cosine_factor(100, 100, 10) == pytest.approx(0.0)
+
+
+def _small_config(root, **extra):
+    overrides = {
+        "data.root": str(root),
+        "data.max_per_class": 40,
+        "data.imbalance_ratio": 10,
+        "data.val_per_class": 4,
+        "stage1.epochs": 3,
+        "stage1.batch_size": 16,
+        "stage1.eval_batch_size": 64,
+    }
+    overrides.update(extra)
+    return load_config(None, overrides)
+
+
+def _params(path):
+    return read_checkpoint(path)["model"]
+
+
+def test_resume_after_sigkill_gives_the_weights_of_an_uninterrupted_run(tmp_path):
+    make_cifar_archive(tmp_path, "cifar10", 50, 2)
+    full = tmp_path / "full"
+    train(_small_config(tmp_path), full)
+    cmd = [sys.executable, "-m", "lort", "train", "--out", str(tmp_path / "killed"),
+           "--set", f"data.root={tmp_path}", "--set", "data.max_per_class=40", "--set", "data.imbalance_ratio=10",
+           "--set", "data.val_per_class=4", "--epochs", "3", "--batch-size", "16",
+           "--set", "stage1.eval_batch_size=64"]  # fmt: skip
+    env = dict(os.environ)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+        metrics.exists() and metrics.read_text().count("\n") >= 1
+    ):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "summary.json").exists(), (
+        "run finished before it could be killed"
+    )
+    assert main(["train", "--out", str(tmp_path / "killed"), "--resume", "--set", f"data.root={tmp_path}",
+                 "--set", "data.max_per_class=40", "--set", "data.imbalance_ratio=10", "--set",
+                 "data.val_per_class=4", "--epochs", "3", "--batch-size", "16",
+                 "--set", "stage1.eval_batch_size=64"]) == 0  # fmt: skip
+    a, b = _params(full / "last.pt"), _params(tmp_path / "killed" / "last.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["epoch"] for ln in lines] == [1, 2, 3]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_end_with_identical_weights(tmp_path):
+    make_cifar_archive(tmp_path, "cifar10", 50, 2)
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), "-m", "lort", "train", "--out", str(out), "--set", f"data.root={tmp_path}",
+           "--set", "data.max_per_class=40", "--set", "data.imbalance_ratio=10", "--set", "data.val_per_class=4",
+           "--epochs", "2", "--batch-size", "8", "--set", "stage1.amp=none"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    sums = summary["replica_param_sums"]
+    assert len(sums) == 2 and sums[0] == sums[1]
+    # the two ranks really trained (weights moved away from the seeded initialisation)
+    torch.manual_seed(0)
+    init = create_model("resnet32", 10)
+    trained = _params(out / "last.pt")
+    assert not torch.equal(init.state_dict()["fc.weight"], trained["fc.weight"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "resnet9000"], "unknown model 'resnet9000'"),
+        (["--lr", "0"], "stage1.lr must be > 0"),
+        (["--set", "stage1.lrr=0.1"], "unknown config key stage1.lrr"),
+        (["--set", "stage1.batch_size=two"], "stage1.batch_size: expected an integer"),
+    ],
+)
+def test_bad_training_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
+    make_cifar_archive(tmp_path, "cifar10", 30, 1)
+    out = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--out",
+            str(out),
+            "--root",
+            str(tmp_path),
+            "--imbalance-ratio",
+            "10",
+            "--epochs",
+            "1",
+            *args,
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err and "\n" not in err
+    assert not (out / "last.pt").exists()
+
+
+def test_checkpoint_errors(tmp_path):
+    make_cifar_archive(tmp_path, "cifar10", 50, 1)
+    out = tmp_path / "run"
+    train(_small_config(tmp_path, **{"stage1.epochs": 1}), out)
+    with pytest.raises(LortError, match="is a resnet32, expected resnet34_cifar"):
+        load_model(out / "last.pt", arch="resnet34_cifar")
+    with pytest.raises(LortError, match="has 10 classes, the dataset 100"):
+        load_model(out / "last.pt", num_classes=100)
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes((out / "last.pt").read_bytes()[:5000])
+    with pytest.raises(LortError, match="corrupt or truncated checkpoint"):
+        load_model(bad)
+    before = (out / "last.pt").read_bytes()
+    assert main(["train", "--out", str(out), "--root", str(tmp_path), "--epochs", "1"]) == 2
+    assert (out / "last.pt").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_short_run_on_shared_cifar10_learns(tmp_path, shared_cifar10_cache, monkeypatch):
+    monkeypatch.setenv("LORT_CACHE", str(shared_cifar10_cache))
+    cfg = load_config(
+        None,
+        {
+            "data.root": str(SHARED_CIFAR10.parent),
+            "data.imbalance_ratio": 10,
+            "data.max_per_class": 1000,
+            "stage1.epochs": 3,
+            "stage1.lr": 0.02,
+            "stage1.weight_decay": 5e-4,
+        },
+    )
+    summary = train(cfg, tmp_path / "run")
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    best_val = max(m["val_balanced_acc"] for m in metrics)
+    assert best_val > 0.20, metrics  # chance is 0.10; this run reached 0.255 here
+    assert summary["test"]["acc"] > 0.20
+    assert metrics[-1]["val_balanced_acc"] > metrics[0]["val_balanced_acc"]
