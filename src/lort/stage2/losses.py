@@ -1,0 +1,136 @@
+"""Stage-2 losses. :class:`LogitsRetargetingLoss` (LORT) works in any PyTorch loop.
+
+LORT's target for a sample of class ``y`` among ``K`` classes is
+``(1 - s) * onehot(y) + s / K``: the true class gets ``1 - s + s/K`` and every other class
+``s/K``. The ratio of true to other target is ``r = 1 + K (1 - s) / s``, so the same
+``s`` means different things for different ``K``; :func:`smooth_from_ratio` sets ``s``
+from a K-independent ratio instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import LortError
+
+
+def check_smooth(smooth: float) -> float:
+    if not (isinstance(smooth, int | float) and math.isfinite(smooth) and 0 <= smooth < 1):
+        raise LortError(f"smoothing value s must lie in [0, 1), got {smooth!r}")
+    return float(smooth)
+
+
+def smooth_from_ratio(ratio: float, num_classes: int) -> float:
+    """The ``s`` whose target gives the true class ``ratio`` times the mass of each other class."""
+    if not (isinstance(ratio, int | float) and math.isfinite(ratio) and ratio > 1):
+        raise LortError(f"target ratio must be > 1, got {ratio!r}")
+    return num_classes / (num_classes + ratio - 1.0)
+
+
+def ratio_from_smooth(smooth: float, num_classes: int) -> float:
+    smooth = check_smooth(smooth)
+    return math.inf if smooth == 0 else 1.0 + num_classes * (1.0 - smooth) / smooth
+
+
+def lort_target(labels: torch.Tensor, num_classes: int, smooth: float) -> torch.Tensor:
+    """``(1 - s) * onehot + s / K`` as an ``(N, K)`` float tensor."""
+    smooth = check_smooth(smooth)
+    target = torch.full((len(labels), num_classes), smooth / num_classes, device=labels.device)
+    target.scatter_(1, labels.view(-1, 1), 1.0 - smooth + smooth / num_classes)
+    return target
+
+
+def soft_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, sample_weight=None
+) -> torch.Tensor:
+    per_sample = -(target * F.log_softmax(logits, dim=1)).sum(dim=1)
+    if sample_weight is None:
+        return per_sample.mean()
+    return (per_sample * sample_weight).sum() / sample_weight.sum()
+
+
+class LogitsRetargetingLoss(nn.Module):
+    """Cross-entropy against the LORT target; needs no class counts.
+
+    >>> loss = LogitsRetargetingLoss(smooth=0.98)        # or target_ratio=3.0
+    >>> loss(logits, labels)                              # doctest: +SKIP
+    """
+
+    def __init__(self, smooth: float | None = 0.98, target_ratio: float | None = None) -> None:
+        super().__init__()
+        if target_ratio is not None:
+            smooth_from_ratio(target_ratio, 2)  # validate now; s depends on K at call time
+        else:
+            check_smooth(smooth)
+        self.smooth = smooth
+        self.target_ratio = target_ratio
+
+    def smooth_for(self, num_classes: int) -> float:
+        if self.target_ratio is not None:
+            return smooth_from_ratio(self.target_ratio, num_classes)
+        return self.smooth
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        k = logits.shape[1]
+        return soft_cross_entropy(logits, lort_target(labels, k, self.smooth_for(k)))
+
+
+# ----------------------------------------------------------------------------- baselines' pieces
+
+
+def log_prior(counts: np.ndarray) -> torch.Tensor:
+    counts = torch.as_tensor(np.asarray(counts), dtype=torch.float32)
+    return torch.log(counts / counts.sum())
+
+
+def effective_number_weights(counts: np.ndarray, beta: float = 0.9999) -> torch.Tensor:
+    """Class-balanced weights ``(1 - beta) / (1 - beta^n_k)`` scaled to mean 1 (Cui et al., 2019)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    w = (1.0 - beta) / (1.0 - np.power(beta, counts))
+    return torch.as_tensor(w / w.mean(), dtype=torch.float32)
+
+
+def inverse_frequency_weights(counts: np.ndarray) -> torch.Tensor:
+    counts = np.asarray(counts, dtype=np.float64)
+    w = 1.0 / counts
+    return torch.as_tensor(w / w.mean(), dtype=torch.float32)
+
+
+def focal_loss(
+    logits: torch.Tensor, labels: torch.Tensor, gamma: float, weight=None
+) -> torch.Tensor:
+    """Focal loss (Lin et al., 2017): ``-(1 - p_y)^gamma log p_y``."""
+    logp = F.log_softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)
+    loss = -((1.0 - logp.exp()) ** gamma) * logp
+    if weight is None:
+        return loss.mean()
+    w = weight[labels]
+    return (loss * w).sum() / w.sum()
+
+
+def ldam_margins(counts: np.ndarray, max_margin: float = 0.5) -> torch.Tensor:
+    """LDAM margins ``m_k ∝ n_k^(-1/4)``, the largest equal to ``max_margin`` (Cao et al., 2019)."""
+    m = 1.0 / np.power(np.asarray(counts, dtype=np.float64), 0.25)
+    return torch.as_tensor(m * (max_margin / m.max()), dtype=torch.float32)
+
+
+def label_aware_smoothing(counts: np.ndarray, head: float, tail: float) -> torch.Tensor:
+    """Per-class smoothing of MiSLAS (Zhong et al., 2021), concave form:
+    ``eps_k = tail + (head - tail) * sin(pi/2 * (n_k - n_min) / (n_max - n_min))``."""
+    counts = np.asarray(counts, dtype=np.float64)
+    span = max(counts.max() - counts.min(), 1.0)
+    eps = tail + (head - tail) * np.sin(0.5 * np.pi * (counts - counts.min()) / span)
+    return torch.as_tensor(eps, dtype=torch.float32)
+
+
+def smoothed_target(
+    labels: torch.Tensor, num_classes: int, eps_per_class: torch.Tensor
+) -> torch.Tensor:
+    eps = eps_per_class[labels][:, None]
+    onehot = F.one_hot(labels, num_classes).float()
+    return (1.0 - eps) * onehot + eps / num_classes

@@ -1,0 +1,313 @@
+"""Stage-2 methods: each a small object that plugs pieces into the one training loop.
+
+A method says which head it trains (and how it is initialised), which loss, which
+sampler, whether MaxNorm applies, which post-hoc transform follows, and which
+hyperparameters are searched on the validation split. Register new ones with
+:func:`register_method`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import LortError
+from . import losses as L
+from .heads import CosineHead, LinearHead, LWSHead
+from .trainer import LossFn
+
+
+@dataclass
+class FitContext:
+    """What a method may look at: training features and labels, class counts, the
+    stage-1 classifier. Never validation or test labels."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    counts: np.ndarray
+    init_weight: torch.Tensor
+    init_bias: torch.Tensor
+    epochs: int
+    seed: int = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.counts)
+
+
+class Method:
+    name = ""
+    title = ""
+    source = ""
+    sampler = "natural"
+    trains = True
+    grid: dict[str, list] = {}
+
+    def grid_points(self, overrides: dict[str, list] | None = None) -> list[dict[str, Any]]:
+        grid = {**self.grid, **{k: v for k, v in (overrides or {}).items() if k in self.grid}}
+        keys = list(grid)
+        return [
+            dict(zip(keys, values, strict=True))
+            for values in itertools.product(*(grid[k] for k in keys))
+        ]
+
+    def build_head(self, ctx: FitContext, hp: dict) -> nn.Module:
+        return LinearHead(ctx.init_weight, ctx.init_bias)
+
+    def loss(self, ctx: FitContext, hp: dict) -> LossFn:
+        return lambda logits, y, epoch: F.cross_entropy(logits, y)
+
+    def max_norm(self, ctx: FitContext, hp: dict) -> float | None:
+        return None
+
+    def weight_decay(self, hp: dict, default: float) -> float:
+        return default
+
+    def posthoc(self, head: nn.Module, ctx: FitContext, hp: dict) -> nn.Module:
+        return head
+
+    def describe(self) -> str:
+        grid = ", ".join(f"{k} in {v}" for k, v in self.grid.items()) or "none"
+        return f"{self.title} — {self.source}. Sampler: {self.sampler}. Searched on validation: {grid}."
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls()
+    return cls
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise LortError(f"unknown stage-2 method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def resolve_methods(names: list[str]) -> list[Method]:
+    if not names or names == ["all"]:
+        return list(METHODS.values())
+    return [get_method(n) for n in names]
+
+
+def _reinit(ctx: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(ctx.seed)
+    k, d = ctx.init_weight.shape
+    bound = 1.0 / d**0.5
+    w = (torch.rand(k, d, generator=gen) * 2 - 1) * bound
+    b = (torch.rand(k, generator=gen) * 2 - 1) * bound
+    return w, b
+
+
+# ----------------------------------------------------------------------------- the methods
+
+
+@register_method
+class CERetraining(Method):
+    name = "ce"
+    title = "CE re-training"
+    source = "plain cross-entropy, natural sampling, warm start from the stage-1 classifier"
+
+
+@register_method
+class LORT(Method):
+    name = "lort"
+    title = "LORT (logits retargeting)"
+    source = "Lu et al., Rethinking Classifier Re-Training in Long-Tailed Recognition: A Simple Logits Retargeting Approach (ICLR 2025)"
+    grid = {"smooth": [0.8, 0.9, 0.95, 0.98, 0.99]}
+
+    def loss(self, ctx: FitContext, hp: dict) -> LossFn:
+        k = ctx.num_classes
+        if hp.get("target_ratio") is not None:
+            s = L.smooth_from_ratio(hp["target_ratio"], k)
+        else:
+            s = L.check_smooth(hp["smooth"])
+        return lambda logits, y, epoch: L.soft_cross_entropy(logits, L.lort_target(y, k, s))
+
+
+@register_method
+class LORTBalanced(LORT):
+    name = "lort_balanced"
+    title = "LORT + class-balanced sampling"
+    source = "LORT's target with cRT's class-balanced sampler"
+    sampler = "balanced"
+
+
+@register_method
+class CRT(Method):
+    name = "crt"
+    title = "cRT"
+    source = "Kang et al., Decoupling Representation and Classifier for Long-Tailed Recognition (ICLR 2020)"
+    sampler = "balanced"
+
+    def build_head(self, ctx: FitContext, hp: dict) -> nn.Module:
+        return LinearHead(*_reinit(ctx))
+
+
+@register_method
+class LWS(Method):
+    name = "lws"
+    title = "LWS (learnable weight scaling)"
+    source = "Kang et al. (ICLR 2020)"
+    sampler = "balanced"
+
+    def build_head(self, ctx: FitContext, hp: dict) -> nn.Module:
+        return LWSHead(ctx.init_weight, ctx.init_bias)
+
+
+@register_method
+class TauNorm(Method):
+    name = "tau_norm"
+    title = "tau-normalisation"
+    source = "Kang et al. (ICLR 2020): W_k / ||W_k||^tau, bias dropped, no training"
+    trains = False
+    grid = {"tau": [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0]}
+
+    def posthoc(self, head: nn.Module, ctx: FitContext, hp: dict) -> nn.Module:
+        w = ctx.init_weight
+        norms = w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return LinearHead(w / norms ** hp["tau"], torch.zeros(len(w)))
+
+
+@register_method
+class WeightBalancing(Method):
+    name = "wb"
+    title = "Weight balancing (stage 2)"
+    source = (
+        "Alshammari et al., Long-Tailed Recognition via Weight Balancing (CVPR 2022): class-balanced "
+        "loss, weight decay and MaxNorm (bound = scale x mean stage-1 class-weight norm)"
+    )
+    grid = {"weight_decay": [5e-4, 5e-3, 5e-2], "max_norm_scale": [0.5, 1.0]}
+
+    def loss(self, ctx: FitContext, hp: dict) -> LossFn:
+        w = L.effective_number_weights(ctx.counts)
+        return lambda logits, y, epoch: F.cross_entropy(logits, y, weight=w)
+
+    def weight_decay(self, hp: dict, default: float) -> float:
+        return hp["weight_decay"]
+
+    def max_norm(self, ctx: FitContext, hp: dict) -> float | None:
+        return float(ctx.init_weight.norm(dim=1).mean()) * hp["max_norm_scale"]
+
+
+@register_method
+class BalancedSoftmax(Method):
+    name = "balanced_softmax"
+    title = "Balanced Softmax"
+    source = "Ren et al., Balanced Meta-Softmax for Long-Tailed Visual Recognition (NeurIPS 2020)"
+
+    def loss(self, ctx: FitContext, hp: dict) -> LossFn:
+        prior = L.log_prior(ctx.counts)
+        return lambda logits, y, epoch: F.cross_entropy(logits + prior, y)
+
+
+@register_method
+class LogitAdjustedLoss(Method):
+    name = "la_loss"
+    title = "Logit-adjusted loss"
+    source = "Menon et al., Long-Tail Learning via Logit Adjustment (ICLR 2021)"
+    grid = {"tau": [1.0]}
+
+    def loss(self, ctx: FitContext, hp: dict) -> LossFn:
+        prior = L.log_prior(ctx.counts) * hp["tau"]
+        return lambda logits, y, epoch: F.cross_entropy(logits + prior, y)
+
+
+@register_method
+class LogitAdjustmentPosthoc(Method):
+    name = "la_posthoc"
+    title = "Post-hoc logit adjustment"
+    source = "Menon et al. (ICLR 2021): stage-1 logits minus tau * log prior, no training"
+    trains = False
+    grid = {"tau": [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0]}
+
+    def posthoc(self, head: nn.Module, ctx: FitContext, hp: dict) -> nn.Module:
+        return LinearHead(ctx.init_weight, ctx.init_bias - hp["tau"] * L.log_prior(ctx.counts))
+
+
+@register_method
+class LabelAwareSmoothing(Method):
+    name = "mislas"
+    title = "Label-aware smoothing (MiSLAS)"
+    source = (
+        "Zhong et al., Improving Calibration for Long-Tailed Recognition (CVPR 2021): per-class "
+        "smoothing from head to tail, class-balanced sampling (no BN shift on cached features)"
+    )
+    sampler = "balanced"
+    grid = {"smooth_head_tail": [(0.3, 0.0), (0.4, 0.1)]}
+
+    def loss(self, ctx: FitContext, hp: dict) -> LossFn:
+        head, tail = hp["smooth_head_tail"]
+        eps = L.label_aware_smoothing(ctx.counts, head, tail)
+        k = ctx.num_classes
+        return lambda logits, y, epoch: L.soft_cross_entropy(logits, L.smoothed_target(y, k, eps))
+
+
+@register_method
+class ClassBalancedReweighting(Method):
+    name = "cb_reweight"
+    title = "Class-balanced re-weighting"
+    source = "Cui et al., Class-Balanced Loss Based on Effective Number of Samples (CVPR 2019)"
+    grid = {"beta": [0.999, 0.9999]}
+
+    def loss(self, ctx: FitContext, hp: dict) -> LossFn:
+        w = L.effective_number_weights(ctx.counts, hp["beta"])
+        return lambda logits, y, epoch: F.cross_entropy(logits, y, weight=w)
+
+
+@register_method
+class Focal(Method):
+    name = "focal"
+    title = "Focal loss"
+    source = "Lin et al., Focal Loss for Dense Object Detection (ICCV 2017)"
+    grid = {"gamma": [1.0, 2.0]}
+
+    def loss(self, ctx: FitContext, hp: dict) -> LossFn:
+        return lambda logits, y, epoch: L.focal_loss(logits, y, hp["gamma"])
+
+
+@register_method
+class LDAMDRW(Method):
+    name = "ldam_drw"
+    title = "LDAM-DRW"
+    source = (
+        "Cao et al., Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss (NeurIPS 2019): "
+        "cosine classifier (scale 30) from the stage-1 directions, margins up to 0.5, "
+        "effective-number re-weighting from half-way"
+    )
+
+    def build_head(self, ctx: FitContext, hp: dict) -> nn.Module:
+        return CosineHead(ctx.init_weight, scale=30.0)
+
+    def loss(self, ctx: FitContext, hp: dict) -> LossFn:
+        margins = L.ldam_margins(ctx.counts) * 30.0
+        weights = L.effective_number_weights(ctx.counts)
+        defer = ctx.epochs // 2
+
+        def fn(logits, y, epoch):
+            adjusted = logits - F.one_hot(y, logits.shape[1]) * margins[y][:, None]
+            return F.cross_entropy(adjusted, y, weight=weights if epoch >= defer else None)
+
+        return fn
+
+
+@register_method
+class NearestClassMean(Method):
+    name = "ncm"
+    title = "Nearest class mean"
+    source = "Kang et al. (ICLR 2020): cosine similarity to the mean of each class's L2-normalised features"
+    trains = False
+
+    def posthoc(self, head: nn.Module, ctx: FitContext, hp: dict) -> nn.Module:
+        feats = F.normalize(ctx.x, dim=1)
+        means = torch.zeros(ctx.num_classes, feats.shape[1]).index_add_(0, ctx.y, feats)
+        return CosineHead(
+            means / torch.as_tensor(ctx.counts, dtype=torch.float32)[:, None], 1.0, trainable=False
+        )
