@@ -3,31 +3,38 @@ epoch on the validation split, then evaluate the test split once."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..analysis.metrics import accuracy_report
 from ..data.features import FeatureSet
 from ..errors import LortError
+from .heads import Head
 from .methods import FitContext, Method
 from .trainer import Schedule, fit_head
 
 DEFAULT_LRS = (5e-4, 5e-3, 5e-2)
 
 
-def balanced_accuracy(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
-    """Mean per-class accuracy over the classes present in ``labels``."""
-    correct = (logits.argmax(1) == labels).double()
+def balanced_accuracy(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Mean per-class accuracy over the classes present in ``labels``.
+
+    ``logits`` is ``(N, K)`` (returns a 0-d tensor) or ``(G, N, K)`` (returns ``(G,)``)."""
+    single = logits.dim() == 2
+    if single:
+        logits = logits.unsqueeze(0)
+    correct = (logits.argmax(2) == labels).double()  # (G, N)
     total = torch.bincount(labels, minlength=num_classes).double()
-    hits = torch.bincount(labels, weights=correct, minlength=num_classes)
+    hits = torch.zeros(len(correct), num_classes, dtype=torch.float64).index_add_(
+        1, labels, correct
+    )
     present = total > 0
-    return float((hits[present] / total[present]).mean())
+    acc = (hits[:, present] / total[present]).mean(1)
+    return acc[0] if single else acc
 
 
 @dataclass
@@ -38,7 +45,7 @@ class MethodResult:
     epoch: int | None
     val: dict | None
     time_s: float
-    head: nn.Module = field(repr=False)
+    head: Head = field(repr=False)
     search: list[dict] = field(default_factory=list, repr=False)
     test: dict | None = None
 
@@ -83,9 +90,9 @@ def context(fs: FeatureSet, schedule: Schedule, seed: int = 0) -> FitContext:
     )
 
 
-def logits_of(head: nn.Module, x) -> np.ndarray:
+def logits_of(head: Head, x) -> np.ndarray:
     with torch.no_grad():
-        return head(torch.as_tensor(x, dtype=torch.float32)).numpy()
+        return head.predict_logits(torch.as_tensor(x, dtype=torch.float32)).numpy()
 
 
 def fit_method(
@@ -98,9 +105,11 @@ def fit_method(
 ) -> MethodResult:
     """Search ``method``'s grid (and ``lrs``, for methods that train) on validation.
 
-    Returns the head of the best (hyperparameters, epoch) by validation balanced
-    accuracy. Without a validation split the first grid point, the schedule's lr and the
-    last epoch are used, and the result says so. Test data is never touched here."""
+    All settings of a trained method are fitted side by side in one pass of the loop.
+    Returns the classifier of the best (hyperparameters, epoch) by validation balanced
+    accuracy (the first on ties). Without a validation split the first grid point, the
+    schedule's lr and the last epoch are used, and the result says so. Test data is
+    never touched here."""
     schedule = schedule or Schedule()
     ctx = ctx or context(fs, schedule, schedule.seed)
     if fs.init_weight is None and method.name not in ("crt", "ncm"):
@@ -111,53 +120,51 @@ def fit_method(
     val = fs.splits.get("val")
     has_val = val is not None and len(val[1]) > 0
     k = fs.num_classes
-    if has_val:
-        xv, yv = torch.as_tensor(val[0]), torch.as_tensor(val[1])
     t0 = time.perf_counter()
     points = method.grid_points(grid)
-    lr_values = list(lrs) if (method.trains and lrs and has_val) else [schedule.lr]
     if not has_val:
         points = points[:1]
-    best, search = None, []
-    for hp in points:
-        for lr in lr_values:
-            sched = dataclasses.replace(
-                schedule, lr=lr, weight_decay=method.weight_decay(hp, schedule.weight_decay)
+    if method.trains:
+        lr_values = list(lrs) if (lrs and has_val) else [schedule.lr]
+        settings = [hp | {"lr": lr} for hp in points for lr in lr_values]
+    else:
+        settings = points
+    search = []
+    if method.trains:
+        xv = torch.as_tensor(val[0]) if has_val else None
+        yv = torch.as_tensor(val[1]) if has_val else None
+        head, curves = fit_head(
+            method.build_head(ctx, settings), ctx.x, ctx.y, method.loss(ctx, settings), schedule,
+            method.sampler, score_fn=(lambda h: balanced_accuracy(h(xv), yv, k)) if has_val else None,
+            max_norm=method.max_norm(ctx, settings), lr=[p["lr"] for p in settings],
+            weight_decay=method.weight_decay(settings), num_classes=k,
+        )  # fmt: skip
+        for g, point in enumerate(settings):
+            curve = curves[:, g] if len(curves) else np.zeros(0)
+            epoch = int(np.argmax(curve)) + 1 if len(curve) else schedule.epochs
+            value = float(curve.max()) if len(curve) else None
+            search.append({"hyperparameters": point, "epoch": epoch, "val_balanced_acc": value,
+                           "curve": [round(float(c), 5) for c in curve]})  # fmt: skip
+        best = max(range(len(settings)), key=lambda g: (search[g]["val_balanced_acc"] or 0.0, -g))
+        chosen = method.posthoc(head.select(best), ctx, settings[best])
+    else:
+        heads = []
+        for point in settings:
+            h = method.posthoc(method.build_head(ctx, [point]), ctx, point)
+            value = (
+                float(balanced_accuracy(h(torch.as_tensor(val[0])), torch.as_tensor(val[1]), k)[0])
+                if has_val
+                else None
             )
-            if not method.trains:
-                sched = dataclasses.replace(sched, epochs=0)
-
-            def score(h, hp=hp):
-                return balanced_accuracy(method.posthoc(h, ctx, hp)(xv), yv, k)
-
-            head, scores = fit_head(
-                method.build_head(ctx, hp),
-                ctx.x,
-                ctx.y,
-                method.loss(ctx, hp),
-                sched,
-                method.sampler,
-                score_fn=score if has_val else None,
-                max_norm=method.max_norm(ctx, hp),
-            )
-            epoch = (
-                (int(np.argmax(scores)) + 1 if method.trains else None) if scores else sched.epochs
-            )
-            value = max(scores) if scores else None
-            point = dict(hp) | ({"lr": lr} if method.trains else {})
+            heads.append(h)
             search.append(
-                {
-                    "hyperparameters": point,
-                    "epoch": epoch,
-                    "val_balanced_acc": value,
-                    "curve": scores,
-                }
+                {"hyperparameters": point, "epoch": None, "val_balanced_acc": value, "curve": []}
             )
-            if best is None or (value is not None and value > best[0]):
-                best = (value, point, epoch, method.posthoc(head, ctx, hp))
-    _, point, epoch, head = best
+        best = max(range(len(settings)), key=lambda g: (search[g]["val_balanced_acc"] or 0.0, -g))
+        chosen = heads[best]
+    point, epoch = search[best]["hyperparameters"], search[best]["epoch"]
     val_report = (
-        accuracy_report(logits_of(head, val[0]), val[1], fs.train_counts) if has_val else None
+        accuracy_report(logits_of(chosen, val[0]), val[1], fs.train_counts) if has_val else None
     )
     if not has_val:
         point = point | {"note": "no validation split: nothing searched"}
@@ -168,7 +175,7 @@ def fit_method(
         epoch=epoch,
         val=val_report,
         time_s=time.perf_counter() - t0,
-        head=head,
+        head=chosen,
         search=search,
     )
 

@@ -17,8 +17,14 @@ from ..data.transforms import ImagePathDataset
 
 @torch.no_grad()
 def split_features(
-    model: nn.Module, split: Split, batch_size: int = 512, device: torch.device | None = None,
-    input_size: int = 32, augment_seed: int | None = None, flip: bool = False, workers: int = 0,
+    model: nn.Module,
+    split: Split,
+    batch_size: int = 512,
+    device: torch.device | None = None,
+    input_size: int = 32,
+    augment_seed: int | None = None,
+    flip: bool = False,
+    workers: int = 0,
     desc: str | None = None,
 ) -> np.ndarray:
     """``model.forward_features`` over ``split`` in order. ``augment_seed`` draws a random
@@ -43,8 +49,14 @@ def split_features(
 
 
 def extract_features(
-    model: nn.Module, ds: LongTailedDataset, views: int = 1, batch_size: int = 512,
-    device: torch.device | None = None, input_size: int = 32, seed: int = 0, workers: int = 0,
+    model: nn.Module,
+    ds: LongTailedDataset,
+    views: int = 1,
+    batch_size: int = 512,
+    device: torch.device | None = None,
+    input_size: int = 32,
+    seed: int = 0,
+    workers: int = 0,
     progress: bool = False,
 ) -> FeatureSet:
     """A :class:`FeatureSet` of train (``views`` views: the plain image, then augmented

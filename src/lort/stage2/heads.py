@@ -1,4 +1,9 @@
-"""Classifier parametrisations re-trained in stage 2 (the backbone's features are fixed)."""
+"""Classifier parametrisations re-trained in stage 2 (the backbone's features are fixed).
+
+Every head holds ``G`` classifiers side by side (leading dimension ``G``) so that one
+pass of the training loop fits a whole hyperparameter grid at once; ``head(x)`` maps
+``(N, D)`` features to ``(G, N, K)`` logits and :meth:`select` keeps one of them.
+"""
 
 from __future__ import annotations
 
@@ -7,46 +12,93 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class LinearHead(nn.Module):
+def stacked(t: torch.Tensor, groups: int, unbatched_dim: int) -> torch.Tensor:
+    """``t`` repeated ``groups`` times along a new leading dimension (if not batched yet)."""
+    t = t.detach().float()
+    if t.dim() == unbatched_dim:
+        t = t.unsqueeze(0).expand(groups, *t.shape)
+    return t.clone()
+
+
+class Head(nn.Module):
+    def groups(self) -> int:
+        return next(iter(self.state_dict().values())).shape[0]
+
+    def select(self, g: int) -> Head:
+        """A copy holding classifier ``g`` only (G = 1)."""
+        raise NotImplementedError
+
+    def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, K)`` logits of a single-classifier head."""
+        return self(x)[0]
+
+
+class LinearHead(Head):
     """``x @ W.T + b``: the plain linear classifier (weights and bias trained)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, groups: int = 1) -> None:
         super().__init__()
-        self.weight = nn.Parameter(weight.clone().float())
-        self.bias = nn.Parameter(bias.clone().float())
+        self.weight = nn.Parameter(stacked(weight, groups, 2))
+        self.bias = nn.Parameter(stacked(bias, groups, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        g = self.weight.shape[0]
+        return torch.baddbmm(
+            self.bias.unsqueeze(1), x.expand(g, *x.shape), self.weight.transpose(1, 2)
+        )
 
     def linear_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.weight.detach(), self.bias.detach()
 
+    def select(self, g: int) -> LinearHead:
+        return LinearHead(self.weight[g], self.bias[g])
 
-class LWSHead(nn.Module):
+
+class LWSHead(Head):
     """Learnable weight scaling (Kang et al., 2020): ``x @ (f * W).T + b`` with only the
     per-class scales ``f`` trained."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor, groups: int = 1, scale=None
+    ) -> None:
         super().__init__()
-        self.register_buffer("weight", weight.clone().float())
-        self.register_buffer("bias", bias.clone().float())
-        self.scale = nn.Parameter(torch.ones(len(weight)))
+        self.register_buffer("weight", stacked(weight, groups, 2))
+        self.register_buffer("bias", stacked(bias, groups, 1))
+        init = torch.ones(self.weight.shape[:2]) if scale is None else scale.detach().clone()
+        self.scale = nn.Parameter(init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight * self.scale[:, None], self.bias)
+        w = self.weight * self.scale.unsqueeze(2)
+        return torch.baddbmm(
+            self.bias.unsqueeze(1), x.expand(w.shape[0], *x.shape), w.transpose(1, 2)
+        )
 
     def linear_params(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return (self.weight * self.scale[:, None]).detach(), self.bias.detach()
+        return (self.weight * self.scale.unsqueeze(2)).detach(), self.bias.detach()
+
+    def select(self, g: int) -> LWSHead:
+        return LWSHead(self.weight[g], self.bias[g], scale=self.scale[g : g + 1])
 
 
-class CosineHead(nn.Module):
+class CosineHead(Head):
     """``scale * cos(x, W_k)``: normalised features and weights (LDAM's classifier, NCM)."""
 
-    def __init__(self, weight: torch.Tensor, scale: float = 30.0, trainable: bool = True) -> None:
+    def __init__(
+        self, weight: torch.Tensor, scale: float = 30.0, trainable: bool = True, groups: int = 1
+    ):
         super().__init__()
-        w = weight.clone().float()
-        self.weight = nn.Parameter(w) if trainable else nn.Parameter(w, requires_grad=False)
+        self.weight = nn.Parameter(stacked(weight, groups, 2), requires_grad=trainable)
         self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
+        xn = F.normalize(x, dim=1)
+        wn = F.normalize(self.weight, dim=2)
+        return self.scale * torch.matmul(xn, wn.transpose(1, 2))
+
+    def linear_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Equivalent weights for normalised inputs: ``scale * W / ||W||`` and zero bias."""
+        w = self.scale * F.normalize(self.weight.detach(), dim=2)
+        return w, torch.zeros(w.shape[:2])
+
+    def select(self, g: int) -> CosineHead:
+        return CosineHead(self.weight[g], self.scale, self.weight.requires_grad)

@@ -134,3 +134,40 @@ def smoothed_target(
     eps = eps_per_class[labels][:, None]
     onehot = F.one_hot(labels, num_classes).float()
     return (1.0 - eps) * onehot + eps / num_classes
+
+
+# ----------------------------------------------------------------------------- batched forms
+# Logits of G classifiers side by side: (G, B, K); each returns per-classifier losses (G,).
+
+
+def grouped_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight=None) -> torch.Tensor:
+    """Cross-entropy of each of G classifiers; ``weight`` is per class, ``(K,)`` or ``(G, K)``,
+    with ``F.cross_entropy``'s weighted-mean semantics."""
+    logp = F.log_softmax(logits, dim=2)
+    g, b, _ = logits.shape
+    nll = -logp.gather(2, labels.view(1, b, 1).expand(g, b, 1)).squeeze(2)
+    if weight is None:
+        return nll.mean(1)
+    w = weight.expand(g, -1) if weight.dim() == 1 else weight
+    wy = w[:, labels]
+    return (nll * wy).sum(1) / wy.sum(1)
+
+
+def grouped_soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``target`` broadcastable to ``(G, B, K)``."""
+    return -(target * F.log_softmax(logits, dim=2)).sum(2).mean(1)
+
+
+def grouped_lort_target(
+    labels: torch.Tensor, num_classes: int, smooth: torch.Tensor
+) -> torch.Tensor:
+    """LORT targets for G smoothing values ``smooth`` (G,): ``(G, B, K)``."""
+    s = smooth.view(-1, 1, 1)
+    onehot = F.one_hot(labels, num_classes).float().unsqueeze(0)
+    return (1.0 - s) * onehot + s / num_classes
+
+
+def grouped_focal(logits: torch.Tensor, labels: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    g, b, _ = logits.shape
+    logp = F.log_softmax(logits, dim=2).gather(2, labels.view(1, b, 1).expand(g, b, 1)).squeeze(2)
+    return (-((1.0 - logp.exp()) ** gamma.view(-1, 1)) * logp).mean(1)

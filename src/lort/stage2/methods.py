@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..errors import LortError
 from . import losses as L
-from .heads import CosineHead, LinearHead, LWSHead
+from .heads import CosineHead, Head, LinearHead, LWSHead
 from .trainer import LossFn
 
 
@@ -57,19 +56,22 @@ class Method:
             for values in itertools.product(*(grid[k] for k in keys))
         ]
 
-    def build_head(self, ctx: FitContext, hp: dict) -> nn.Module:
-        return LinearHead(ctx.init_weight, ctx.init_bias)
+    # Each piece receives the list of G hyperparameter settings trained side by side.
 
-    def loss(self, ctx: FitContext, hp: dict) -> LossFn:
-        return lambda logits, y, epoch: F.cross_entropy(logits, y)
+    def build_head(self, ctx: FitContext, hps: list[dict]) -> Head:
+        return LinearHead(ctx.init_weight, ctx.init_bias, len(hps))
 
-    def max_norm(self, ctx: FitContext, hp: dict) -> float | None:
+    def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
+        return lambda logits, y, epoch: L.grouped_cross_entropy(logits, y)
+
+    def max_norm(self, ctx: FitContext, hps: list[dict]) -> list[float] | None:
         return None
 
-    def weight_decay(self, hp: dict, default: float) -> float:
-        return default
+    def weight_decay(self, hps: list[dict]) -> list[float] | None:
+        return None
 
-    def posthoc(self, head: nn.Module, ctx: FitContext, hp: dict) -> nn.Module:
+    def posthoc(self, head: Head, ctx: FitContext, hp: dict) -> Head:
+        """Applied to a single trained (or untrained) classifier before evaluation."""
         return head
 
     def describe(self) -> str:
@@ -121,15 +123,20 @@ class LORT(Method):
     name = "lort"
     title = "LORT (logits retargeting)"
     source = "Lu et al., Rethinking Classifier Re-Training in Long-Tailed Recognition: A Simple Logits Retargeting Approach (ICLR 2025)"
-    grid = {"smooth": [0.8, 0.9, 0.95, 0.98, 0.99]}
+    grid = {"smooth": [0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99]}
 
-    def loss(self, ctx: FitContext, hp: dict) -> LossFn:
+    def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
         k = ctx.num_classes
+        smooth = torch.tensor([self.smooth_value(hp, k) for hp in hps])
+        return lambda logits, y, epoch: L.grouped_soft_cross_entropy(
+            logits, L.grouped_lort_target(y, k, smooth)
+        )
+
+    @staticmethod
+    def smooth_value(hp: dict, num_classes: int) -> float:
         if hp.get("target_ratio") is not None:
-            s = L.smooth_from_ratio(hp["target_ratio"], k)
-        else:
-            s = L.check_smooth(hp["smooth"])
-        return lambda logits, y, epoch: L.soft_cross_entropy(logits, L.lort_target(y, k, s))
+            return L.smooth_from_ratio(hp["target_ratio"], num_classes)
+        return L.check_smooth(hp["smooth"])
 
 
 @register_method
@@ -147,8 +154,8 @@ class CRT(Method):
     source = "Kang et al., Decoupling Representation and Classifier for Long-Tailed Recognition (ICLR 2020)"
     sampler = "balanced"
 
-    def build_head(self, ctx: FitContext, hp: dict) -> nn.Module:
-        return LinearHead(*_reinit(ctx))
+    def build_head(self, ctx: FitContext, hps: list[dict]) -> Head:
+        return LinearHead(*_reinit(ctx), len(hps))
 
 
 @register_method
@@ -158,8 +165,8 @@ class LWS(Method):
     source = "Kang et al. (ICLR 2020)"
     sampler = "balanced"
 
-    def build_head(self, ctx: FitContext, hp: dict) -> nn.Module:
-        return LWSHead(ctx.init_weight, ctx.init_bias)
+    def build_head(self, ctx: FitContext, hps: list[dict]) -> Head:
+        return LWSHead(ctx.init_weight, ctx.init_bias, len(hps))
 
 
 @register_method
@@ -170,7 +177,7 @@ class TauNorm(Method):
     trains = False
     grid = {"tau": [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0]}
 
-    def posthoc(self, head: nn.Module, ctx: FitContext, hp: dict) -> nn.Module:
+    def posthoc(self, head: Head, ctx: FitContext, hp: dict) -> Head:
         w = ctx.init_weight
         norms = w.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return LinearHead(w / norms ** hp["tau"], torch.zeros(len(w)))
@@ -186,15 +193,16 @@ class WeightBalancing(Method):
     )
     grid = {"weight_decay": [5e-4, 5e-3, 5e-2], "max_norm_scale": [0.5, 1.0]}
 
-    def loss(self, ctx: FitContext, hp: dict) -> LossFn:
+    def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
         w = L.effective_number_weights(ctx.counts)
-        return lambda logits, y, epoch: F.cross_entropy(logits, y, weight=w)
+        return lambda logits, y, epoch: L.grouped_cross_entropy(logits, y, w)
 
-    def weight_decay(self, hp: dict, default: float) -> float:
-        return hp["weight_decay"]
+    def weight_decay(self, hps: list[dict]) -> list[float]:
+        return [hp["weight_decay"] for hp in hps]
 
-    def max_norm(self, ctx: FitContext, hp: dict) -> float | None:
-        return float(ctx.init_weight.norm(dim=1).mean()) * hp["max_norm_scale"]
+    def max_norm(self, ctx: FitContext, hps: list[dict]) -> list[float]:
+        mean_norm = float(ctx.init_weight.norm(dim=1).mean())
+        return [mean_norm * hp["max_norm_scale"] for hp in hps]
 
 
 @register_method
@@ -203,9 +211,9 @@ class BalancedSoftmax(Method):
     title = "Balanced Softmax"
     source = "Ren et al., Balanced Meta-Softmax for Long-Tailed Visual Recognition (NeurIPS 2020)"
 
-    def loss(self, ctx: FitContext, hp: dict) -> LossFn:
+    def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
         prior = L.log_prior(ctx.counts)
-        return lambda logits, y, epoch: F.cross_entropy(logits + prior, y)
+        return lambda logits, y, epoch: L.grouped_cross_entropy(logits + prior, y)
 
 
 @register_method
@@ -215,9 +223,10 @@ class LogitAdjustedLoss(Method):
     source = "Menon et al., Long-Tail Learning via Logit Adjustment (ICLR 2021)"
     grid = {"tau": [1.0]}
 
-    def loss(self, ctx: FitContext, hp: dict) -> LossFn:
-        prior = L.log_prior(ctx.counts) * hp["tau"]
-        return lambda logits, y, epoch: F.cross_entropy(logits + prior, y)
+    def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
+        tau = torch.tensor([hp["tau"] for hp in hps]).view(-1, 1, 1)
+        prior = L.log_prior(ctx.counts) * tau
+        return lambda logits, y, epoch: L.grouped_cross_entropy(logits + prior, y)
 
 
 @register_method
@@ -228,7 +237,7 @@ class LogitAdjustmentPosthoc(Method):
     trains = False
     grid = {"tau": [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0]}
 
-    def posthoc(self, head: nn.Module, ctx: FitContext, hp: dict) -> nn.Module:
+    def posthoc(self, head: Head, ctx: FitContext, hp: dict) -> Head:
         return LinearHead(ctx.init_weight, ctx.init_bias - hp["tau"] * L.log_prior(ctx.counts))
 
 
@@ -243,11 +252,18 @@ class LabelAwareSmoothing(Method):
     sampler = "balanced"
     grid = {"smooth_head_tail": [(0.3, 0.0), (0.4, 0.1)]}
 
-    def loss(self, ctx: FitContext, hp: dict) -> LossFn:
-        head, tail = hp["smooth_head_tail"]
-        eps = L.label_aware_smoothing(ctx.counts, head, tail)
+    def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
+        eps = torch.stack(
+            [L.label_aware_smoothing(ctx.counts, *hp["smooth_head_tail"]) for hp in hps]
+        )
         k = ctx.num_classes
-        return lambda logits, y, epoch: L.soft_cross_entropy(logits, L.smoothed_target(y, k, eps))
+
+        def fn(logits, y, epoch):
+            e = eps[:, y].unsqueeze(2)  # (G, B, 1)
+            target = (1.0 - e) * F.one_hot(y, k).float().unsqueeze(0) + e / k
+            return L.grouped_soft_cross_entropy(logits, target)
+
+        return fn
 
 
 @register_method
@@ -257,9 +273,9 @@ class ClassBalancedReweighting(Method):
     source = "Cui et al., Class-Balanced Loss Based on Effective Number of Samples (CVPR 2019)"
     grid = {"beta": [0.999, 0.9999]}
 
-    def loss(self, ctx: FitContext, hp: dict) -> LossFn:
-        w = L.effective_number_weights(ctx.counts, hp["beta"])
-        return lambda logits, y, epoch: F.cross_entropy(logits, y, weight=w)
+    def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
+        w = torch.stack([L.effective_number_weights(ctx.counts, hp["beta"]) for hp in hps])
+        return lambda logits, y, epoch: L.grouped_cross_entropy(logits, y, w)
 
 
 @register_method
@@ -269,8 +285,9 @@ class Focal(Method):
     source = "Lin et al., Focal Loss for Dense Object Detection (ICCV 2017)"
     grid = {"gamma": [1.0, 2.0]}
 
-    def loss(self, ctx: FitContext, hp: dict) -> LossFn:
-        return lambda logits, y, epoch: L.focal_loss(logits, y, hp["gamma"])
+    def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
+        gamma = torch.tensor([hp["gamma"] for hp in hps])
+        return lambda logits, y, epoch: L.grouped_focal(logits, y, gamma)
 
 
 @register_method
@@ -283,17 +300,17 @@ class LDAMDRW(Method):
         "effective-number re-weighting from half-way"
     )
 
-    def build_head(self, ctx: FitContext, hp: dict) -> nn.Module:
-        return CosineHead(ctx.init_weight, scale=30.0)
+    def build_head(self, ctx: FitContext, hps: list[dict]) -> Head:
+        return CosineHead(ctx.init_weight, scale=30.0, groups=len(hps))
 
-    def loss(self, ctx: FitContext, hp: dict) -> LossFn:
+    def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
         margins = L.ldam_margins(ctx.counts) * 30.0
         weights = L.effective_number_weights(ctx.counts)
         defer = ctx.epochs // 2
 
         def fn(logits, y, epoch):
-            adjusted = logits - F.one_hot(y, logits.shape[1]) * margins[y][:, None]
-            return F.cross_entropy(adjusted, y, weight=weights if epoch >= defer else None)
+            adjusted = logits - (F.one_hot(y, logits.shape[2]) * margins[y][:, None]).unsqueeze(0)
+            return L.grouped_cross_entropy(adjusted, y, weights if epoch >= defer else None)
 
         return fn
 
@@ -305,7 +322,7 @@ class NearestClassMean(Method):
     source = "Kang et al. (ICLR 2020): cosine similarity to the mean of each class's L2-normalised features"
     trains = False
 
-    def posthoc(self, head: nn.Module, ctx: FitContext, hp: dict) -> nn.Module:
+    def posthoc(self, head: Head, ctx: FitContext, hp: dict) -> Head:
         feats = F.normalize(ctx.x, dim=1)
         means = torch.zeros(ctx.num_classes, feats.shape[1]).index_add_(0, ctx.y, feats)
         return CosineHead(

@@ -1,15 +1,17 @@
-"""The one stage-2 training loop: re-train a classifier head on cached features.
+"""The one stage-2 training loop: re-train classifier heads on cached features.
 
 Methods differ only in what they plug in — the head, the loss, the sampler, MaxNorm —
-never in the loop. The loop validates after every epoch and keeps the head of the best
-validation epoch, so choosing the number of epochs on validation costs nothing.
+never in the loop. A head holds ``G`` classifiers (one per hyperparameter setting) that
+see the same batches and are updated independently (SGD with momentum, per-classifier
+learning rate and weight decay, cosine schedule), so a grid costs one pass. The loop
+validates after every epoch and keeps, per classifier, the weights of its best
+validation epoch: choosing the number of epochs on validation costs nothing.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,12 +36,14 @@ class Schedule:
     def __post_init__(self) -> None:
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
             raise LortError(f"stage-2 learning rate must be > 0, got {self.lr!r}")
-        if self.epochs < 0:
-            raise LortError(f"stage-2 epochs must be >= 0, got {self.epochs}")
-        if self.batch_size < 1:
-            raise LortError(f"stage-2 batch size must be >= 1, got {self.batch_size}")
-        if self.weight_decay < 0:
-            raise LortError(f"stage-2 weight decay must be >= 0, got {self.weight_decay}")
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise LortError(f"stage-2 epochs must be an integer >= 0, got {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise LortError(f"stage-2 batch size must be an integer >= 1, got {self.batch_size!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise LortError(f"stage-2 weight decay must be >= 0, got {self.weight_decay!r}")
+        if not 0 <= self.momentum < 1:
+            raise LortError(f"stage-2 momentum must lie in [0, 1), got {self.momentum!r}")
 
 
 def epoch_order(
@@ -55,7 +59,7 @@ def epoch_order(
         return torch.randperm(n, generator=gen)
     counts = np.bincount(labels, minlength=num_classes)
     if sampler == "balanced":
-        class_p = np.ones(num_classes)
+        class_p = (counts > 0).astype(np.float64)
     elif sampler == "sqrt":
         class_p = np.sqrt(counts)
     else:
@@ -68,9 +72,6 @@ def epoch_order(
         torch.rand(n, generator=gen, dtype=torch.float64) * torch.as_tensor(counts)[classes]
     ).long()
     return order[starts[classes] + offsets]
-
-
-LossFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 class CachedFeatures:
@@ -86,71 +87,97 @@ class CachedFeatures:
         return self.x[idx]
 
 
+# loss_fn(logits (G, B, K), labels (B,), epoch) -> per-classifier losses (G,)
+LossFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def _per_group(value, groups: int, default: float) -> torch.Tensor:
+    if value is None:
+        value = default
+    t = torch.as_tensor(value, dtype=torch.float32).flatten()
+    return t.expand(groups).clone() if t.numel() == 1 else t
+
+
 def fit_head(
     head: nn.Module,
-    x: torch.Tensor | CachedFeatures,
+    x,
     y: torch.Tensor,
     loss_fn: LossFn,
     schedule: Schedule,
     sampler: str = "natural",
-    score_fn: Callable[[nn.Module], float] | None = None,
-    max_norm: float | None = None,
-) -> tuple[nn.Module, list[float]]:
-    """Train ``head`` on features ``x`` / labels ``y``; ``loss_fn(logits, y, epoch)``.
+    score_fn: Callable[[nn.Module], torch.Tensor] | None = None,
+    max_norm: Sequence[float] | float | None = None,
+    lr: Sequence[float] | float | None = None,
+    weight_decay: Sequence[float] | float | None = None,
+    num_classes: int | None = None,
+) -> tuple[nn.Module, np.ndarray]:
+    """Train the ``G`` classifiers of ``head`` on features ``x`` with labels ``y``.
 
     ``x`` is a feature tensor or any source with ``batch(idx, epoch)`` (e.g. the frozen
-    backbone over augmented images, :class:`lort.stage2.full.BackboneFeatures`).
-
-    After each epoch ``score_fn(head)`` (validation balanced accuracy) is recorded; the
-    head of the best-scoring epoch (the first on ties) is returned with the scores. With
-    no ``score_fn`` the last epoch's head is returned."""
+    backbone over augmented images). ``lr``, ``weight_decay`` and ``max_norm`` (the
+    per-class weight-norm bound, MaxNorm) may differ per classifier. After each epoch
+    ``score_fn(head)`` returns each classifier's validation score; each classifier keeps
+    the weights of its best epoch (the first on ties). Returns the head and the scores
+    as an ``(epochs, G)`` array (empty without ``score_fn``)."""
     source = x if hasattr(x, "batch") else CachedFeatures(x)
     params = [p for p in head.parameters() if p.requires_grad]
-    scores: list[float] = []
     if schedule.epochs == 0 or not params:
-        return head, [score_fn(head)] if score_fn else []
+        return head, (score_fn(head).numpy()[None] if score_fn else np.zeros((0, head.groups())))
+    groups = params[0].shape[0]
+    lr_g = _per_group(lr, groups, schedule.lr)
+    wd_g = _per_group(weight_decay, groups, schedule.weight_decay)
+    if (lr_g <= 0).any() or not torch.isfinite(lr_g).all():
+        raise LortError(f"stage-2 learning rates must be > 0, got {lr_g.tolist()}")
+    bound = None if max_norm is None else _per_group(max_norm, groups, 0.0).view(groups, 1, 1)
+    momentum = [torch.zeros_like(p) for p in params]
     gen = torch.Generator().manual_seed(schedule.seed)
-    opt = torch.optim.SGD(
-        params, lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay
-    )
     n = len(y)
-    steps_per_epoch = math.ceil(n / schedule.batch_size)
-    total = steps_per_epoch * schedule.epochs
+    total = math.ceil(n / schedule.batch_size) * schedule.epochs
     labels_np = y.numpy()
-    k = int(head.weight.shape[0])
-    best_state, best_score, step = None, -math.inf, 0
+    k = num_classes or int(labels_np.max()) + 1
+    best_state = {name: t.detach().clone() for name, t in head.state_dict().items()}
+    best_score = torch.full((groups,), -math.inf)
+    scores, step = [], 0
+    views = [
+        (lr_g.view(groups, *[1] * (p.dim() - 1)), wd_g.view(groups, *[1] * (p.dim() - 1)))
+        for p in params
+    ]
     for epoch in range(schedule.epochs):
         order = epoch_order(labels_np, sampler, gen, k)
         head.train()
         for start in range(0, n, schedule.batch_size):
             idx = order[start : start + schedule.batch_size]
-            for group in opt.param_groups:
-                group["lr"] = schedule.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
-            loss = loss_fn(head(source.batch(idx, epoch)), y[idx], epoch)
+            loss = loss_fn(head(source.batch(idx, epoch)), y[idx], epoch).sum()
             if not torch.isfinite(loss):
                 raise LortError(
                     f"stage-2 loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate "
-                    f"(now {schedule.lr}) or check the features for extreme values"
+                    f"(now {lr_g.tolist()}) or check the features for extreme values"
                 )
-            opt.zero_grad(set_to_none=True)
+            for p in params:
+                p.grad = None
             loss.backward()
-            opt.step()
-            step += 1
-            if max_norm is not None:
-                with torch.no_grad():
+            factor = 0.5 * (1.0 + math.cos(math.pi * step / total))
+            with torch.no_grad():
+                for p, buf, (lr_v, wd_v) in zip(params, momentum, views, strict=True):
+                    buf.mul_(schedule.momentum).add_(p.grad + wd_v * p)  # torch.optim.SGD's rule
+                    p.sub_(factor * lr_v * buf)
+                if bound is not None:
                     w = head.weight
                     w.mul_(
-                        torch.clamp(
-                            max_norm / w.norm(dim=1, keepdim=True).clamp_min(1e-12), max=1.0
-                        )
+                        torch.clamp(bound / w.norm(dim=2, keepdim=True).clamp_min(1e-12), max=1.0)
                     )
+            step += 1
         if score_fn is not None:
             head.eval()
-            score = score_fn(head)
-            scores.append(score)
-            if score > best_score:
-                best_score, best_state = score, copy.deepcopy(head.state_dict())
-    if best_state is not None:
+            with torch.no_grad():
+                score = score_fn(head)
+            scores.append(score.numpy())
+            better = score > best_score
+            if better.any():
+                best_score = torch.where(better, score, best_score)
+                for name, t in head.state_dict().items():
+                    best_state[name][better] = t[better]
+    if score_fn is not None:
         head.load_state_dict(best_state)
     head.eval()
-    return head, scores
+    return head, np.asarray(scores).reshape(len(scores), groups)
