@@ -172,6 +172,102 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_stage2_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("representation (one of)")
+    src.add_argument("--features", help=".npz feature file (train/val/test features and labels)")
+    src.add_argument(
+        "--checkpoint", help="stage-1 checkpoint: features are extracted from its dataset"
+    )
+    src.add_argument(
+        "--root", help="data folder for --checkpoint (default: as recorded, or $LORT_DATA)"
+    )
+    src.add_argument(
+        "--views", type=int, default=1, help="training views in the feature cache (1 = plain)"
+    )
+    g = p.add_argument_group("schedule (defaults: the reference recipe)")
+    g.add_argument("--epochs", type=int, default=20)
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--lr", type=float, help="fix the learning rate (default: search --lrs on validation)"
+    )
+    g.add_argument("--lrs", default="5e-4,5e-3,5e-2", help="learning rates searched on validation")
+    p.add_argument("--out", required=True, help="output folder")
+
+
+def _schedule(args: argparse.Namespace):
+    from .stage2.trainer import Schedule
+
+    try:
+        lrs = tuple(float(v) for v in args.lrs.split(",") if v.strip())
+    except ValueError:
+        raise LortError(f"--lrs must be comma-separated numbers, got {args.lrs!r}") from None
+    if args.lr is not None:
+        lrs = (args.lr,)
+    for lr in lrs:
+        if not lr > 0:
+            raise LortError(f"learning rates must be > 0, got {lr}")
+    schedule = Schedule(epochs=args.epochs, lr=lrs[0], momentum=args.momentum, weight_decay=args.weight_decay,
+                        batch_size=args.batch_size, seed=args.seed)  # fmt: skip
+    return schedule, lrs
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from .stage2.workflow import features_from_checkpoint
+
+    fs, _, _ = features_from_checkpoint(args.checkpoint, args.root, args.views, progress=True)
+    fs.save(args.out)
+    sizes = ", ".join(f"{k} {len(v[1])}" for k, v in fs.splits.items())
+    print(f"{args.out}: {fs.dim}-d features, {fs.num_classes} classes ({sizes})")
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from .stage2.workflow import load_feature_source, run_retrain
+
+    if args.method not in ("lort", "lort_balanced") and (
+        args.smooth is not None or args.target_ratio is not None
+    ):
+        raise LortError("--smooth and --target-ratio apply to the lort methods only")
+    if args.smooth is not None and args.target_ratio is not None:
+        raise LortError("give --smooth or --target-ratio, not both")
+    grid = None
+    if args.smooth is not None:
+        from .stage2.losses import check_smooth
+
+        grid = {"smooth": [check_smooth(args.smooth)]}
+    elif args.target_ratio is not None:
+        from .stage2.losses import smooth_from_ratio
+
+        smooth_from_ratio(args.target_ratio, 2)
+        grid = {"target_ratio": [args.target_ratio]}
+    schedule, lrs = _schedule(args)
+    fs, model, ckpt, source = load_feature_source(
+        args.features, args.checkpoint, args.root, args.views
+    )
+    _, table = run_retrain(fs, args.method, args.out, schedule, lrs, grid, model, ckpt, source)
+    print(table)
+    print(f"written to {args.out}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .stage2.methods import resolve_methods
+    from .stage2.workflow import load_feature_source, run_compare
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    resolve_methods(methods)  # unknown names fail before any work
+    schedule, lrs = _schedule(args)
+    fs, _, _, source = load_feature_source(args.features, args.checkpoint, args.root, args.views)
+    _, path = run_compare(fs, methods, args.out, schedule, lrs, source,
+                          progress=lambda name: print(f"fitting {name} ...", file=sys.stderr))  # fmt: skip
+    print(path.read_text())
+    print(f"written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lort",
@@ -199,7 +295,49 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the run in --out where it stopped"
     )
     tr.set_defaults(func=cmd_train)
+
+    ex = sub.add_parser(
+        "extract", help="write the frozen features of a checkpoint's dataset to .npz"
+    )
+    ex.add_argument("--checkpoint", required=True, help="stage-1 checkpoint (e.g. RUN/best.pt)")
+    ex.add_argument("--root", help="data folder (default: as recorded, or $LORT_DATA)")
+    ex.add_argument("--views", type=int, default=1, help="training views (1 = plain images)")
+    ex.add_argument("--out", required=True, help=".npz file to write")
+    ex.set_defaults(func=cmd_extract)
+
+    rt = sub.add_parser(
+        "retrain", help="stage 2: re-train the classifier with one method (default LORT)"
+    )
+    rt.add_argument("--method", default="lort", help="stage-2 method (see `lort methods`)")
+    rt.add_argument(
+        "--smooth", type=float, help="LORT smoothing value s in [0, 1) (default: searched)"
+    )
+    rt.add_argument(
+        "--target-ratio",
+        type=float,
+        help="LORT target ratio r > 1 (K-independent alternative to s)",
+    )
+    _add_stage2_args(rt)
+    rt.set_defaults(func=cmd_retrain)
+
+    cp = sub.add_parser("compare", help="stage 2: every method on one representation, leaderboard")
+    cp.add_argument("--methods", default="all", help="comma-separated method names, or all")
+    _add_stage2_args(cp)
+    cp.set_defaults(func=cmd_compare)
+
+    me = sub.add_parser(
+        "methods", help="list the stage-2 methods with their sources and searched hyperparameters"
+    )
+    me.set_defaults(func=cmd_methods)
     return parser
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from .stage2.methods import METHODS
+
+    for name, method in METHODS.items():
+        print(f"{name:18s} {method.describe()}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -120,7 +120,8 @@ def load_features(path: str | Path) -> FeatureSet:
     if "classes" in arrays:
         classes = [str(c) for c in arrays["classes"]]
     else:
-        classes = [str(i) for i in range(int(max(y.max() for _, y in splits.values())) + 1)]
+        train_labels = splits["train"][1]  # the training labels define the classes
+        classes = [str(i) for i in range(int(train_labels.max()) + 1 if len(train_labels) else 0)]
     validate_features(splits, len(classes), str(path))
     init_w = arrays.get("init_weight")
     init_b = arrays.get("init_bias")

@@ -132,6 +132,12 @@ class LORT(Method):
             logits, L.grouped_lort_target(y, k, smooth)
         )
 
+    def grid_points(self, overrides: dict[str, list] | None = None) -> list[dict[str, Any]]:
+        """``smooth`` values, or — given ``target_ratio`` values — the K-independent ratios."""
+        if overrides and overrides.get("target_ratio"):
+            return [{"target_ratio": r} for r in overrides["target_ratio"]]
+        return super().grid_points(overrides)
+
     @staticmethod
     def smooth_value(hp: dict, num_classes: int) -> float:
         if hp.get("target_ratio") is not None:

@@ -1,0 +1,107 @@
+"""Feature sets from a checkpoint or a file, and the retrain / compare jobs behind the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from ..data import DataConfig, build_dataset
+from ..data.features import FeatureSet, load_features
+from ..env_info import environment
+from ..errors import LortError
+from ..io import save_torch, write_json
+from ..models import model_input_size
+from ..stage1.checkpoint import load_model
+from .compare import DEFAULT_LRS, compare, evaluate_test, fit_method
+from .extract import extract_features
+from .leaderboard import markdown, write_leaderboard
+from .methods import get_method, resolve_methods
+from .trainer import Schedule
+
+
+def features_from_checkpoint(checkpoint: str | Path, root: str | None = None, views: int = 1,
+                             progress: bool = False) -> tuple[FeatureSet, torch.nn.Module, dict]:  # fmt: skip
+    """Build the checkpoint's dataset (its saved data config; ``root`` may relocate it) and
+    extract features with the frozen backbone in eval mode."""
+    model, ckpt = load_model(checkpoint)
+    data = dict(ckpt["config"]["data"])
+    if root is not None:
+        data["root"] = root
+    ds = build_dataset(DataConfig(**data))
+    if ds.num_classes != ckpt["num_classes"]:
+        raise LortError(
+            f"{checkpoint}: {ckpt['num_classes']} classes, its dataset now has {ds.num_classes}"
+        )
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device).to(memory_format=torch.channels_last)
+    fs = extract_features(model, ds, views=views, device=device, input_size=model_input_size(ckpt["arch"]),
+                          progress=progress)  # fmt: skip
+    fs.meta |= {"checkpoint": str(checkpoint), "dataset": ds.summary()}
+    return fs, model.cpu(), ckpt
+
+
+def run_compare(fs: FeatureSet, methods: list[str], out: str | Path, schedule: Schedule,
+                lrs=DEFAULT_LRS, source: str = "", progress=None) -> tuple[list, Path]:  # fmt: skip
+    t0 = time.perf_counter()
+    results = compare(fs, resolve_methods(methods), schedule, lrs, progress=progress)
+    meta = {
+        "source": source,
+        "schedule": dataclasses.asdict(schedule),
+        "lrs": list(lrs) if lrs else [schedule.lr],
+        "selection": "every hyperparameter and the epoch chosen on validation balanced accuracy; test evaluated once",
+        "tta": False,
+        "num_classes": fs.num_classes,
+        "train_counts": fs.train_counts.tolist(),
+        "total_time_s": round(time.perf_counter() - t0, 2),
+        "environment": environment(schedule.seed),
+    }
+    notes = [f"features: {source}", f"schedule: {dataclasses.asdict(schedule)}; learning rates searched: {meta['lrs']}",
+             "test-time augmentation: off"]  # fmt: skip
+    path = write_leaderboard(out, results, fs, meta, notes=notes)
+    return results, path
+
+
+def run_retrain(fs: FeatureSet, method: str, out: str | Path, schedule: Schedule, lrs=DEFAULT_LRS,
+                grid: dict | None = None, model: torch.nn.Module | None = None, ckpt: dict | None = None,
+                source: str = ""):  # fmt: skip
+    """Re-train one method (choices on validation), evaluate test once, write the classifier
+    (``classifier.npz``), the summary and — with a backbone — the full model (``model.pt``)."""
+    result = fit_method(get_method(method), fs, schedule, lrs, grid)
+    evaluate_test(result, fs)
+    out = Path(out)
+    meta = {
+        "source": source,
+        "schedule": dataclasses.asdict(schedule),
+        "environment": environment(schedule.seed),
+    }
+    write_leaderboard(out, [result], fs, meta, title=f"Re-trained classifier: {method}")
+    if model is not None and ckpt is not None:
+        if not hasattr(result.head, "linear_params") or method in ("ldam_drw", "ncm"):
+            raise LortError(
+                f"method {method} does not produce a plain linear classifier; no model.pt written"
+            )
+        w, b = result.head.linear_params()
+        fc = model.get_classifier()
+        with torch.no_grad():
+            fc.weight.copy_(w[0])
+            fc.bias.copy_(b[0])
+        state = {
+            k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler", "scaler", "model")
+        }
+        save_torch(out / "model.pt", state | {"model": model.state_dict(), "stage2": result.row()})
+    write_json(out / "summary.json", result.row() | {"val": result.val, "test": result.test})
+    return result, markdown([result], f"Re-trained classifier: {method}")
+
+
+def load_feature_source(
+    features: str | None, checkpoint: str | None, root: str | None, views: int = 1
+):
+    if bool(features) == bool(checkpoint):
+        raise LortError("give exactly one of --features FILE.npz or --checkpoint RUN/best.pt")
+    if features:
+        return load_features(features), None, None, str(features)
+    fs, model, ckpt = features_from_checkpoint(checkpoint, root, views, progress=True)
+    return fs, model, ckpt, str(checkpoint)

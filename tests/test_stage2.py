@@ -1,0 +1,317 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lort.cli import main
+from lort.data.features import FeatureSet
+from lort.errors import LortError
+from lort.stage2 import (
+    METHODS,
+    LogitsRetargetingLoss,
+    Schedule,
+    fit_head,
+    fit_method,
+    lort_target,
+    ratio_from_smooth,
+    smooth_from_ratio,
+)
+from lort.stage2 import losses as L
+from lort.stage2.compare import balanced_accuracy, compare, logits_of
+from lort.stage2.heads import LinearHead
+from lort.stage2.trainer import epoch_order
+
+# ----------------------------------------------------------------------------- LORT target
+
+
+def test_lort_target_numbers_for_100_classes():
+    t = lort_target(torch.tensor([3]), 100, 0.98)[0]
+    assert t[3].item() == pytest.approx(0.0298)
+    assert t[0].item() == pytest.approx(0.0098)
+    assert t.sum().item() == pytest.approx(1.0)
+
+
+def test_target_ratio_and_smooth_are_inverse():
+    assert ratio_from_smooth(0.98, 100) == pytest.approx(3.0408, abs=1e-4)
+    assert ratio_from_smooth(0.98, 10) == pytest.approx(1.2041, abs=1e-4)
+    assert smooth_from_ratio(3.04, 10) == pytest.approx(0.8306, abs=1e-4)
+    for k in (10, 100, 1000):
+        assert ratio_from_smooth(smooth_from_ratio(2.5, k), k) == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize("s", [1.0, -0.1, 1.5, float("nan")])
+def test_smooth_outside_unit_interval_is_rejected(s):
+    with pytest.raises(LortError, match="must lie in \\[0, 1\\)"):
+        LogitsRetargetingLoss(smooth=s)
+
+
+def test_lort_loss_is_cross_entropy_against_the_target():
+    torch.manual_seed(0)
+    logits, y = torch.randn(8, 5), torch.randint(0, 5, (8,))
+    loss = LogitsRetargetingLoss(0.9)(logits, y)
+    t = torch.full((8, 5), 0.9 / 5)
+    t[torch.arange(8), y] = 0.1 + 0.9 / 5
+    assert loss.item() == pytest.approx(-(t * logits.log_softmax(1)).sum(1).mean().item(), rel=1e-6)
+    assert LogitsRetargetingLoss(smooth=0.0)(logits, y).item() == pytest.approx(
+        F.cross_entropy(logits, y).item()
+    )
+    by_ratio = LogitsRetargetingLoss(target_ratio=ratio_from_smooth(0.9, 5))(logits, y)
+    assert by_ratio.item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_grouped_losses_match_their_single_forms():
+    torch.manual_seed(1)
+    logits, y = torch.randn(3, 16, 4), torch.randint(0, 4, (16,))
+    w = torch.rand(4) + 0.5
+    got = L.grouped_cross_entropy(logits, y, w)
+    for g in range(3):
+        assert got[g].item() == pytest.approx(
+            F.cross_entropy(logits[g], y, weight=w).item(), rel=1e-5
+        )
+    s = torch.tensor([0.0, 0.5, 0.98])
+    got = L.grouped_soft_cross_entropy(logits, L.grouped_lort_target(y, 4, s))
+    for g in range(3):
+        assert got[g].item() == pytest.approx(
+            LogitsRetargetingLoss(float(s[g]))(logits[g], y).item(), rel=1e-5
+        )
+    gamma = torch.tensor([0.0, 2.0, 2.0])
+    got = L.grouped_focal(logits, y, gamma)
+    assert got[0].item() == pytest.approx(F.cross_entropy(logits[0], y).item(), rel=1e-5)
+    assert got[1].item() == pytest.approx(L.focal_loss(logits[1], y, 2.0).item(), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def test_class_balanced_sampler_draws_classes_uniformly():
+    labels = np.repeat(np.arange(4), [1000, 100, 10, 2])
+    order = epoch_order(labels, "balanced", torch.Generator().manual_seed(0), 4).numpy()
+    frac = np.bincount(labels[order], minlength=4) / len(order)
+    assert np.allclose(frac, 0.25, atol=0.02)
+    nat = epoch_order(labels, "natural", torch.Generator().manual_seed(0), 4).numpy()
+    assert sorted(nat.tolist()) == list(range(len(labels)))
+
+
+def _toy(seed=0, k=5, d=8, head=200, ir=20, val_per_class=20, test_per_class=40):
+    """Gaussian class clusters with a long-tailed train split and a stage-1-like classifier."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0, 1.5, size=(k, d))
+    counts = [max(2, int(head * ir ** (-c / (k - 1)))) for c in range(k)]
+
+    def draw(per_class):
+        y = np.repeat(np.arange(k), per_class)
+        return (means[y] + rng.normal(0, 1.0, size=(len(y), d))).astype(np.float32), y
+
+    xtr, ytr = draw(counts)
+    xv, yv = draw([val_per_class] * k)
+    xte, yte = draw([test_per_class] * k)
+    # a CE-trained classifier as the "stage-1" one
+    init = LinearHead(torch.zeros(k, d), torch.zeros(k))
+    fit_head(init, torch.as_tensor(xtr), torch.as_tensor(ytr),
+             lambda lg, y, e: L.grouped_cross_entropy(lg, y), Schedule(epochs=30, lr=0.05))  # fmt: skip
+    w, b = init.linear_params()
+    return FeatureSet(
+        splits={"train": (xtr, ytr), "val": (xv, yv), "test": (xte, yte)},
+        classes=[f"c{i}" for i in range(k)],
+        init_weight=w[0].numpy(),
+        init_bias=b[0].numpy(),
+    )
+
+
+def test_grid_fitted_side_by_side_equals_separate_fits():
+    fs = _toy()
+    x, y = (torch.as_tensor(a) for a in fs.splits["train"])
+    w, b = torch.as_tensor(fs.init_weight), torch.as_tensor(fs.init_bias)
+    smooth = [0.5, 0.9]
+    lrs = [0.01, 0.002]
+    sched = Schedule(epochs=3, weight_decay=1e-3)
+
+    def loss_for(s):
+        st = torch.tensor(s)
+        return lambda lg, yy, e: L.grouped_soft_cross_entropy(lg, L.grouped_lort_target(yy, 5, st))
+
+    both, _ = fit_head(LinearHead(w, b, 2), x, y, loss_for(smooth), sched, lr=lrs)
+    for g in range(2):
+        single, _ = fit_head(LinearHead(w, b), x, y, loss_for([smooth[g]]), sched, lr=lrs[g])
+        assert torch.allclose(both.weight[g], single.weight[0], atol=1e-5)
+        assert torch.allclose(both.bias[g], single.bias[0], atol=1e-5)
+
+
+def test_manual_sgd_matches_torch_optim_sgd():
+    fs = _toy()
+    x, y = (torch.as_tensor(a) for a in fs.splits["train"])
+    w, b = torch.as_tensor(fs.init_weight), torch.as_tensor(fs.init_bias)
+    sched = Schedule(epochs=1, lr=0.01, weight_decay=1e-3, batch_size=len(y))  # one full-batch step
+    head, _ = fit_head(
+        LinearHead(w, b), x, y, lambda lg, yy, e: L.grouped_cross_entropy(lg, yy), sched
+    )
+    ref = torch.nn.Linear(w.shape[1], w.shape[0])
+    with torch.no_grad():
+        ref.weight.copy_(w)
+        ref.bias.copy_(b)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-3)
+    F.cross_entropy(ref(x), y).backward()
+    opt.step()
+    assert torch.allclose(head.weight[0], ref.weight, atol=1e-6)
+
+
+def test_best_epoch_is_kept_per_classifier():
+    fs = _toy()
+    x, y = (torch.as_tensor(a) for a in fs.splits["train"])
+    xv, yv = (torch.as_tensor(a) for a in fs.splits["val"])
+    head, scores = fit_head(
+        LinearHead(torch.as_tensor(fs.init_weight), torch.as_tensor(fs.init_bias), 2), x, y,
+        lambda lg, yy, e: L.grouped_cross_entropy(lg, yy), Schedule(epochs=6), lr=[0.5, 1e-4],
+        score_fn=lambda h: balanced_accuracy(h(xv), yv, 5),
+    )  # fmt: skip
+    assert scores.shape == (6, 2)
+    final = balanced_accuracy(head(xv), yv, 5).numpy()
+    assert np.allclose(final, scores.max(0))
+
+
+# ----------------------------------------------------------------------------- conformance suite
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return _toy()
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_method_conformance(name, toy):
+    method = METHODS[name]
+    sched = Schedule(epochs=4, seed=3)
+    r = fit_method(method, toy, sched, lrs=(5e-3, 5e-2))
+    logits = logits_of(r.head, toy.splits["test"][0])
+    assert logits.shape == (200, 5) and np.isfinite(logits).all()
+    pred = logits.argmax(1)
+    assert (pred == toy.splits["test"][1]).mean() > 0.5  # well above chance (0.2)
+    assert r.val is not None and r.search
+    # deterministic under a seed
+    again = fit_method(method, toy, sched, lrs=(5e-3, 5e-2))
+    assert again.hyperparameters == r.hyperparameters and again.epoch == r.epoch
+    assert np.array_equal(logits_of(again.head, toy.splits["test"][0]), logits)
+    # test labels are never read: scrambling them changes nothing that was chosen
+    scrambled = FeatureSet(
+        splits=dict(toy.splits) | {"test": (toy.splits["test"][0], np.random.default_rng(9).permutation(toy.splits["test"][1]))},
+        classes=toy.classes, init_weight=toy.init_weight, init_bias=toy.init_bias,
+    )  # fmt: skip
+    other = fit_method(method, scrambled, sched, lrs=(5e-3, 5e-2))
+    assert other.hyperparameters == r.hyperparameters and other.epoch == r.epoch
+    assert np.array_equal(logits_of(other.head, toy.splits["test"][0]), logits)
+    assert method.title and method.source
+
+
+def test_compare_evaluates_test_after_selection(toy):
+    results = compare(toy, [METHODS["ce"], METHODS["lort"]], Schedule(epochs=3), lrs=(5e-3,))
+    assert [r.method for r in results] == ["ce", "lort"]
+    assert all(r.test is not None and 0 <= r.test["acc"] <= 1 for r in results)
+
+
+def test_without_validation_split_nothing_is_searched(toy):
+    fs = FeatureSet(splits={k: v for k, v in toy.splits.items() if k != "val"}, classes=toy.classes,
+                    init_weight=toy.init_weight, init_bias=toy.init_bias)  # fmt: skip
+    r = fit_method(METHODS["lort"], fs, Schedule(epochs=2))
+    assert r.hyperparameters["note"].startswith("no validation split") and r.epoch == 2
+
+
+# ----------------------------------------------------------------------------- CLI and bad input
+
+
+def test_compare_cli_writes_the_leaderboard(tmp_path, toy, capsys):
+    path = tmp_path / "f.npz"
+    toy.save(path)
+    out = tmp_path / "cmp"
+    assert (
+        main(
+            [
+                "compare",
+                "--features",
+                str(path),
+                "--out",
+                str(out),
+                "--epochs",
+                "3",
+                "--lrs",
+                "0.01",
+            ]
+        )
+        == 0
+    )
+    md = (out / "leaderboard.md").read_text()
+    assert md.count("\n| ") == len(METHODS) + 1 and "LORT ranks" in md
+    assert (out / "leaderboard.csv").read_text().count("\n") == len(METHODS) + 1
+    assert (out / "logits" / "lort.npz").is_file() and (out / "classifiers" / "lort.npz").is_file()
+
+
+def test_retrain_cli_with_target_ratio(tmp_path, toy, capsys):
+    path = tmp_path / "f.npz"
+    toy.save(path)
+    out = tmp_path / "rt"
+    assert (
+        main(
+            [
+                "retrain",
+                "--features",
+                str(path),
+                "--target-ratio",
+                "3",
+                "--out",
+                str(out),
+                "--epochs",
+                "2",
+                "--lr",
+                "0.01",
+            ]
+        )
+        == 0
+    )
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert (
+        summary["hyperparameters"]["target_ratio"] == 3 and summary["hyperparameters"]["lr"] == 0.01
+    )
+
+
+def _save(tmp_path, **arrays):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("arrays", "extra", "message"),
+    [
+        ({"train_features": np.array([[np.nan, 1.0], [1.0, 1.0]])}, [], "NaN or Inf"),
+        (
+            {"test_features": np.ones((2, 3), np.float32)},
+            [],
+            "test features have 3 dims, train has 2",
+        ),
+        ({"test_labels": np.array([0, 5])}, [], "test label 5 outside"),
+        (
+            {"train_labels": np.array([0, 0]), "classes": np.array(["a", "b"])},
+            [],
+            "class 1 has no training samples",
+        ),
+        ({}, ["--smooth", "1.0"], "must lie in [0, 1)"),
+        ({}, ["--method", "magic"], "unknown stage-2 method 'magic'"),
+        ({"train_features": np.ones(2, np.float32)}, [], "must be 2-D"),
+        ({"train_labels": np.array([0, 1, 1])}, [], "2 feature rows but 3 labels"),
+    ],
+)
+def test_bad_stage2_input_is_one_line_and_exit_2(tmp_path, capsys, arrays, extra, message):
+    base = {
+        "train_features": np.ones((2, 2), np.float32),
+        "train_labels": np.array([0, 1]),
+        "test_features": np.ones((2, 2), np.float32),
+        "test_labels": np.array([0, 1]),
+    }
+    path = _save(tmp_path, **(base | arrays))
+    code = main(["retrain", "--features", path, "--out", str(tmp_path / "o"), *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "\n" not in err, err
+    assert not (tmp_path / "o").exists()
