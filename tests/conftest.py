@@ -100,3 +100,32 @@ def make_image_tree(
                 suffix = {"JPEG": "jpg"}.get(fmt, fmt.lower())
                 Image.fromarray(arr).save(d / f"{i:04d}.{suffix}", format=fmt)
     return root
+
+
+@pytest.fixture(scope="session")
+def short_cifar10_lt_run(shared_cifar10_cache, tmp_path_factory):
+    """A short real stage-1 run on CIFAR-10-LT (IR 100, n_max 1000, 5 epochs) and its features.
+
+    n_max 1000 keeps the run short and gives the profile Few classes (< 20 images)."""
+    import os
+
+    from lort.config import load_config
+    from lort.stage1.train import train
+    from lort.stage2.workflow import features_from_checkpoint
+
+    old = os.environ.get("LORT_CACHE")
+    os.environ["LORT_CACHE"] = str(shared_cifar10_cache)
+    try:
+        cfg = load_config(None, {
+            "data.root": str(SHARED_CIFAR10.parent), "data.imbalance_ratio": 100, "data.max_per_class": 1000,
+            "stage1.epochs": 5, "stage1.lr": 0.02, "stage1.weight_decay": 5e-4,
+        })  # fmt: skip
+        out = tmp_path_factory.mktemp("short-run")
+        summary = train(cfg, out)
+        fs, model, ckpt, ds = features_from_checkpoint(out / "best.pt")
+    finally:
+        if old is None:
+            os.environ.pop("LORT_CACHE", None)
+        else:
+            os.environ["LORT_CACHE"] = old
+    return {"out": out, "summary": summary, "features": fs, "dataset": ds}

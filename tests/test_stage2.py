@@ -315,3 +315,17 @@ def test_bad_stage2_input_is_one_line_and_exit_2(tmp_path, capsys, arrays, extra
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and "\n" not in err, err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_lort_improves_few_class_accuracy_over_ce_on_real_features(short_cifar10_lt_run):
+    fs = short_cifar10_lt_run["features"]
+    assert (fs.groups == 2).sum() >= 1  # the profile has Few classes
+    sched = Schedule()  # the reference recipe: lr 5e-4, 20 epochs, batch 64
+    ce = fit_method(METHODS["ce"], fs, sched, lrs=(5e-4,))
+    lort = fit_method(METHODS["lort"], fs, sched, lrs=(5e-4,), grid={"smooth": [0.98]})
+    for r in (ce, lort):
+        from lort.stage2 import evaluate_test
+
+        evaluate_test(r, fs)
+    assert lort.test["few"] > ce.test["few"] + 0.02, (ce.test, lort.test)

@@ -184,6 +184,14 @@ def _add_stage2_args(p: argparse.ArgumentParser) -> None:
     src.add_argument(
         "--views", type=int, default=1, help="training views in the feature cache (1 = plain)"
     )
+    src.add_argument(
+        "--mode", default="cache", choices=("cache", "full"),
+        help="cache: train on cached features (default); full: the reference protocol, augmented "
+        "images through the frozen backbone every epoch (needs --checkpoint)",
+    )  # fmt: skip
+    src.add_argument(
+        "--bn-mode", default="eval", choices=("eval", "train"), help="BatchNorm mode, full mode"
+    )
     g = p.add_argument_group("schedule (defaults: the reference recipe)")
     g.add_argument("--epochs", type=int, default=20)
     g.add_argument("--batch-size", type=int, default=64)
@@ -217,7 +225,7 @@ def _schedule(args: argparse.Namespace):
 def cmd_extract(args: argparse.Namespace) -> int:
     from .stage2.workflow import features_from_checkpoint
 
-    fs, _, _ = features_from_checkpoint(args.checkpoint, args.root, args.views, progress=True)
+    fs, _, _, _ = features_from_checkpoint(args.checkpoint, args.root, args.views, progress=True)
     fs.save(args.out)
     sizes = ", ".join(f"{k} {len(v[1])}" for k, v in fs.splits.items())
     print(f"{args.out}: {fs.dim}-d features, {fs.num_classes} classes ({sizes})")
@@ -244,10 +252,12 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         smooth_from_ratio(args.target_ratio, 2)
         grid = {"target_ratio": [args.target_ratio]}
     schedule, lrs = _schedule(args)
-    fs, model, ckpt, source = load_feature_source(
-        args.features, args.checkpoint, args.root, args.views
+    fs, model, ckpt, source, train_source = load_feature_source(
+        args.features, args.checkpoint, args.root, args.views, args.mode, args.bn_mode, args.seed
     )
-    _, table = run_retrain(fs, args.method, args.out, schedule, lrs, grid, model, ckpt, source)
+    _, table = run_retrain(
+        fs, args.method, args.out, schedule, lrs, grid, model, ckpt, source, train_source
+    )
     print(table)
     print(f"written to {args.out}")
     return 0
@@ -260,9 +270,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     resolve_methods(methods)  # unknown names fail before any work
     schedule, lrs = _schedule(args)
-    fs, _, _, source = load_feature_source(args.features, args.checkpoint, args.root, args.views)
+    fs, _, _, source, train_source = load_feature_source(
+        args.features, args.checkpoint, args.root, args.views, args.mode, args.bn_mode, args.seed
+    )
     _, path = run_compare(fs, methods, args.out, schedule, lrs, source,
-                          progress=lambda name: print(f"fitting {name} ...", file=sys.stderr))  # fmt: skip
+                          progress=lambda name: print(f"fitting {name} ...", file=sys.stderr),
+                          train_source=train_source)  # fmt: skip
     print(path.read_text())
     print(f"written to {args.out}")
     return 0

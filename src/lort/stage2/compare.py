@@ -102,6 +102,7 @@ def fit_method(
     lrs: tuple[float, ...] | None = DEFAULT_LRS,
     grid: dict[str, list] | None = None,
     ctx: FitContext | None = None,
+    train_source=None,
 ) -> MethodResult:
     """Search ``method``'s grid (and ``lrs``, for methods that train) on validation.
 
@@ -109,7 +110,8 @@ def fit_method(
     Returns the classifier of the best (hyperparameters, epoch) by validation balanced
     accuracy (the first on ties). Without a validation split the first grid point, the
     schedule's lr and the last epoch are used, and the result says so. Test data is
-    never touched here."""
+    never touched here. ``train_source`` replaces the cached training features (full
+    mode: :class:`lort.stage2.full.BackboneFeatures`)."""
     schedule = schedule or Schedule()
     ctx = ctx or context(fs, schedule, schedule.seed)
     if fs.init_weight is None and method.name not in ("crt", "ncm"):
@@ -134,7 +136,7 @@ def fit_method(
         xv = torch.as_tensor(val[0]) if has_val else None
         yv = torch.as_tensor(val[1]) if has_val else None
         head, curves = fit_head(
-            method.build_head(ctx, settings), ctx.x, ctx.y, method.loss(ctx, settings), schedule,
+            method.build_head(ctx, settings), ctx.x if train_source is None else train_source, ctx.y, method.loss(ctx, settings), schedule,
             method.sampler, score_fn=(lambda h: balanced_accuracy(h(xv), yv, k)) if has_val else None,
             max_norm=method.max_norm(ctx, settings), lr=[p["lr"] for p in settings],
             weight_decay=method.weight_decay(settings), num_classes=k,
@@ -195,6 +197,7 @@ def compare(
     lrs: tuple[float, ...] | None = DEFAULT_LRS,
     grid: dict[str, list] | None = None,
     progress=None,
+    train_source=None,
 ) -> list[MethodResult]:
     """Fit every method (selection on validation), then evaluate each on test once."""
     schedule = schedule or Schedule()
@@ -203,7 +206,7 @@ def compare(
     for method in methods:
         if progress:
             progress(method.name)
-        results.append(fit_method(method, fs, schedule, lrs, grid, ctx))
+        results.append(fit_method(method, fs, schedule, lrs, grid, ctx, train_source))
     for r in results:
         evaluate_test(r, fs)
     return results

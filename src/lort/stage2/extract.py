@@ -13,6 +13,7 @@ from ..data import LongTailedDataset, Split
 from ..data.augment import BatchAugment, iterate_batches
 from ..data.features import FeatureSet
 from ..data.transforms import ImagePathDataset
+from ..stage1.train import autocast
 
 
 @torch.no_grad()
@@ -26,9 +27,12 @@ def split_features(
     flip: bool = False,
     workers: int = 0,
     desc: str | None = None,
+    amp: str = "auto",
 ) -> np.ndarray:
     """``model.forward_features`` over ``split`` in order. ``augment_seed`` draws a random
-    crop+flip view (seeded); ``flip`` takes the horizontally flipped image."""
+    crop+flip view (seeded); ``flip`` takes the horizontally flipped image. ``amp`` as in
+    stage 1: ``auto`` runs the backbone under bf16 autocast where the hardware supports it
+    natively (features are returned as float32)."""
     device = device or torch.device("cpu")
     model.eval()
     if split.images is not None:
@@ -44,7 +48,8 @@ def split_features(
         if flip:
             x = x.flip(-1)
         x = x.to(device, memory_format=torch.channels_last)
-        outs.append(model.forward_features(x).float().cpu())
+        with autocast(amp, device):
+            outs.append(model.forward_features(x).float().cpu())
     return torch.cat(outs).numpy()
 
 

@@ -17,15 +17,17 @@ from ..models import model_input_size
 from ..stage1.checkpoint import load_model
 from .compare import DEFAULT_LRS, compare, evaluate_test, fit_method
 from .extract import extract_features
+from .full import BackboneFeatures
 from .leaderboard import markdown, write_leaderboard
 from .methods import get_method, resolve_methods
 from .trainer import Schedule
 
 
 def features_from_checkpoint(checkpoint: str | Path, root: str | None = None, views: int = 1,
-                             progress: bool = False) -> tuple[FeatureSet, torch.nn.Module, dict]:  # fmt: skip
+                             progress: bool = False):  # fmt: skip
     """Build the checkpoint's dataset (its saved data config; ``root`` may relocate it) and
-    extract features with the frozen backbone in eval mode."""
+    extract features with the frozen backbone in eval mode. Returns the feature set, the
+    model (on CPU), the checkpoint and the dataset."""
     model, ckpt = load_model(checkpoint)
     data = dict(ckpt["config"]["data"])
     if root is not None:
@@ -40,36 +42,39 @@ def features_from_checkpoint(checkpoint: str | Path, root: str | None = None, vi
     fs = extract_features(model, ds, views=views, device=device, input_size=model_input_size(ckpt["arch"]),
                           progress=progress)  # fmt: skip
     fs.meta |= {"checkpoint": str(checkpoint), "dataset": ds.summary()}
-    return fs, model.cpu(), ckpt
+    return fs, model.cpu(), ckpt, ds
 
 
 def run_compare(fs: FeatureSet, methods: list[str], out: str | Path, schedule: Schedule,
-                lrs=DEFAULT_LRS, source: str = "", progress=None) -> tuple[list, Path]:  # fmt: skip
+                lrs=DEFAULT_LRS, source: str = "", progress=None, train_source=None) -> tuple[list, Path]:  # fmt: skip
     t0 = time.perf_counter()
-    results = compare(fs, resolve_methods(methods), schedule, lrs, progress=progress)
+    results = compare(
+        fs, resolve_methods(methods), schedule, lrs, progress=progress, train_source=train_source
+    )
     meta = {
         "source": source,
         "schedule": dataclasses.asdict(schedule),
         "lrs": list(lrs) if lrs else [schedule.lr],
         "selection": "every hyperparameter and the epoch chosen on validation balanced accuracy; test evaluated once",
         "tta": False,
+        "mode": "cache" if train_source is None else f"full (BatchNorm {train_source.bn_mode})",
         "num_classes": fs.num_classes,
         "train_counts": fs.train_counts.tolist(),
         "total_time_s": round(time.perf_counter() - t0, 2),
         "environment": environment(schedule.seed),
     }
     notes = [f"features: {source}", f"schedule: {dataclasses.asdict(schedule)}; learning rates searched: {meta['lrs']}",
-             "test-time augmentation: off"]  # fmt: skip
+             f"mode: {meta['mode']}", "test-time augmentation: off"]  # fmt: skip
     path = write_leaderboard(out, results, fs, meta, notes=notes)
     return results, path
 
 
 def run_retrain(fs: FeatureSet, method: str, out: str | Path, schedule: Schedule, lrs=DEFAULT_LRS,
                 grid: dict | None = None, model: torch.nn.Module | None = None, ckpt: dict | None = None,
-                source: str = ""):  # fmt: skip
+                source: str = "", train_source=None):  # fmt: skip
     """Re-train one method (choices on validation), evaluate test once, write the classifier
     (``classifier.npz``), the summary and — with a backbone — the full model (``model.pt``)."""
-    result = fit_method(get_method(method), fs, schedule, lrs, grid)
+    result = fit_method(get_method(method), fs, schedule, lrs, grid, train_source=train_source)
     evaluate_test(result, fs)
     out = Path(out)
     meta = {
@@ -97,11 +102,23 @@ def run_retrain(fs: FeatureSet, method: str, out: str | Path, schedule: Schedule
 
 
 def load_feature_source(
-    features: str | None, checkpoint: str | None, root: str | None, views: int = 1
-):
+    features: str | None, checkpoint: str | None, root: str | None, views: int = 1,
+    mode: str = "cache", bn_mode: str = "eval", seed: int = 0,
+):  # fmt: skip
+    """``(features, model, checkpoint, source name, train source)``; the train source is
+    the frozen backbone over augmented images in full mode, else None (cached features)."""
     if bool(features) == bool(checkpoint):
         raise LortError("give exactly one of --features FILE.npz or --checkpoint RUN/best.pt")
+    if mode not in ("cache", "full"):
+        raise LortError(f"mode must be cache or full, got {mode!r}")
     if features:
-        return load_features(features), None, None, str(features)
-    fs, model, ckpt = features_from_checkpoint(checkpoint, root, views, progress=True)
-    return fs, model, ckpt, str(checkpoint)
+        if mode == "full":
+            raise LortError(
+                "full mode runs the backbone every epoch: give --checkpoint, not --features"
+            )
+        return load_features(features), None, None, str(features), None
+    fs, model, ckpt, ds = features_from_checkpoint(checkpoint, root, views, progress=True)
+    train_source = (
+        BackboneFeatures(model, ds.train.images, bn_mode, seed) if mode == "full" else None
+    )
+    return fs, model, ckpt, str(checkpoint), train_source
