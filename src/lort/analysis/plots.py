@@ -49,3 +49,126 @@ def plot_class_counts(counts, classes: list[str], path: str | Path, title: str =
         or f"{len(counts)} classes, {int(counts.sum())} images, IR {counts.max() / counts.min():.0f}"
     )
     return save_figure(fig, path)
+
+
+def _method_order(results: dict[str, dict]) -> list[str]:
+    """Methods in ascending order of test accuracy (the paper's legend order)."""
+    return sorted(results, key=lambda m: results[m]["acc"] or 0.0)
+
+
+def plot_per_class_accuracy(per_method: dict[str, dict], train_counts, path: str | Path) -> Path:
+    """Per-class test accuracy against the class's training count, one line per method."""
+    counts = np.asarray(train_counts)
+    order = np.argsort(-counts, kind="stable")
+    fig, ax = plt.subplots(figsize=(9, 5))
+    cmap = plt.get_cmap("tab20")
+    for i, m in enumerate(_method_order(per_method)):
+        acc = np.array([np.nan if a is None else a for a in per_method[m]["per_class"]])
+        ax.plot(counts[order], 100 * acc[order], marker="o", ms=3, lw=2.2 if m.startswith("lort") else 1.0,
+                color=cmap(i % 20), label=f"{m} ({100 * per_method[m]['acc']:.1f}%)")  # fmt: skip
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("training images of the class (log scale, head on the left)")
+    ax.set_ylabel("test accuracy of the class (%)")
+    ax.set_title("Per-class accuracy against training count")
+    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def _group_axis(train_counts) -> tuple[list[str], str]:
+    if len(train_counts) > 20:
+        n = (len(train_counts) + 9) // 10
+        return [f"{10 * i}-{min(10 * i + 9, len(train_counts) - 1)}" for i in range(n)], "bins"
+    return ["many", "medium", "few"], "groups"
+
+
+def plot_magnitude_and_rsd(per_method: dict[str, dict], train_counts, path: str | Path) -> Path:
+    """Normalised Logits Magnitude and Regularized Standard Deviation (positive and
+    negative samples) by class group, one line per method (legend: ascending accuracy)."""
+    labels, kind = _group_axis(train_counts)
+    metrics = [("logits_magnitude_normalized", "Logits Magnitude (1-norm normalised)"),
+               ("rsd_positive", "Regularized Std (positive samples)"),
+               ("rsd_negative", "Regularized Std (negative samples)")]  # fmt: skip
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    cmap = plt.get_cmap("tab20")
+    for ax, (key, title) in zip(axes, metrics, strict=True):
+        for i, m in enumerate(_method_order(per_method)):
+            gm = per_method[m]["group_means"][key]
+            ys = gm["bins"] if kind == "bins" else [gm[g] for g in labels]
+            ys = [np.nan if v is None else v for v in ys]
+            ax.plot(
+                labels,
+                ys,
+                marker="o",
+                ms=3,
+                lw=2.2 if m.startswith("lort") else 1.0,
+                color=cmap(i % 20),
+                label=m,
+            )
+        ax.set_title(title)
+        ax.set_xlabel("classes (head to tail)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle("Logits Magnitude and Regularized Standard Deviation on the test split")
+    return save_figure(fig, path)
+
+
+def plot_sample_logits(
+    logits_by_method: dict[str, np.ndarray], label: int, index: int, path: str | Path
+) -> Path:
+    """One test sample's logits under two methods: the true class (blue) against the others (red)."""
+    fig, axes = plt.subplots(
+        1, len(logits_by_method), figsize=(5 * len(logits_by_method), 4), sharey=False
+    )
+    axes = np.atleast_1d(axes)
+    for ax, (m, z) in zip(axes, logits_by_method.items(), strict=True):
+        colors = ["#3b6fb6" if c == label else "#c8413b" for c in range(len(z))]
+        ax.bar(np.arange(len(z)), z, color=colors)
+        pred = int(np.argmax(z))
+        ax.set_title(f"{m}: predicts {pred} ({'right' if pred == label else 'wrong'})")
+        ax.set_xlabel("class")
+        ax.set_ylabel("logit")
+        ax.axhline(0, color="k", lw=0.5)
+    fig.suptitle(f"Test sample {index} of class {label}: positive (blue) vs negative (red) logits")
+    return save_figure(fig, path)
+
+
+def plot_smoothing_sweep(points: list[dict], path: str | Path) -> Path:
+    """Accuracy (overall, Many, Medium, Few) against the smoothing value ``s``."""
+    points = sorted(points, key=lambda p: p["smooth"])
+    s = [p["smooth"] for p in points]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, style in (("acc", "-o"), ("many", "--s"), ("medium", "--^"), ("few", "--v")):
+        ys = [np.nan if p["test"].get(key) is None else 100 * p["test"][key] for p in points]
+        if not np.isnan(ys).all():
+            ax.plot(s, ys, style, label=key)
+    ax.set_xlabel("smoothing value s (target ratio r = 1 + K(1-s)/s)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(
+        "LORT: accuracy against the smoothing value (analysis sweep; s is chosen on validation)"
+    )
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def plot_sensitivity(grid: dict, path: str | Path) -> Path:
+    """Heat-maps of test accuracy over learning rate x weight decay, one per method."""
+    methods = list(grid["methods"])
+    fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 4))
+    axes = np.atleast_1d(axes)
+    for ax, m in zip(axes, methods, strict=True):
+        acc = 100 * np.asarray(grid["methods"][m], dtype=float)
+        im = ax.imshow(
+            acc, cmap="viridis", origin="lower", vmin=np.nanmin(acc), vmax=np.nanmax(acc)
+        )
+        ax.set_xticks(range(len(grid["weight_decays"])), [f"{v:g}" for v in grid["weight_decays"]])
+        ax.set_yticks(range(len(grid["lrs"])), [f"{v:g}" for v in grid["lrs"]])
+        ax.set_xlabel("weight decay")
+        ax.set_ylabel("learning rate")
+        for (i, j), v in np.ndenumerate(acc):
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="w", fontsize=8)
+        ax.set_title(f"{m}: test acc (%), {grid['epochs']} epochs")
+        fig.colorbar(im, ax=ax)
+    return save_figure(fig, path)
