@@ -23,8 +23,11 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
+DEMO_OUT ?= runs/demo
+
 demo: $(STAMP)
-	$(BIN)/lort data info --dataset cifar10 --imbalance-ratio 100
+	$(BIN)/lort data info --dataset cifar10 --imbalance-ratio 100 --max-per-class 4980
+	$(BIN)/lort run configs/demo.yaml --out $(DEMO_OUT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

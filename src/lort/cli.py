@@ -281,6 +281,103 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import run_pipeline
+
+    cfg = _run_config(args)
+    result = run_pipeline(cfg, args.out, " ".join(["lort", *sys.argv[1:]]))
+    if result:
+        print(result["leaderboard"].read_text())
+        print(f"report: {result['report']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .analysis.report import build_report
+
+    html, md = build_report(args.run_dir)
+    print(f"{html}\n{md}")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from .analysis.metrics import analyze
+    from .io import write_json
+
+    if args.logits:
+        try:
+            with np.load(args.logits, allow_pickle=False) as d:
+                z, y, counts = (
+                    d[f"{args.split}_logits"],
+                    d[f"{args.split}_labels"],
+                    d["train_counts"],
+                )
+        except (OSError, KeyError, ValueError) as exc:
+            raise LortError(f"{args.logits}: not a lort logits file ({exc})") from None
+        rep = analyze(z, y, counts)
+    else:
+        from .stage2.compare import context, logits_of
+        from .stage2.heads import LinearHead
+        from .stage2.trainer import Schedule
+        from .stage2.workflow import load_feature_source
+
+        fs, _, _, _, _ = load_feature_source(args.features, args.checkpoint, args.root)
+        if fs.init_weight is None:
+            raise LortError("the features carry no classifier (init_weight) to analyse")
+        ctx = context(fs, Schedule())
+        x, y = fs.splits[args.split] if args.split in fs.splits else (None, None)
+        if x is None:
+            raise LortError(f"no {args.split} split to analyse")
+        rep = analyze(logits_of(LinearHead(ctx.init_weight, ctx.init_bias), x), y, fs.train_counts,
+                      fs.init_weight, fs.init_bias)  # fmt: skip
+    if args.out:
+        write_json(args.out, rep)
+    g = rep["group_means"]
+    print(
+        f"accuracy {rep['acc']:.4f}  balanced {rep['balanced_acc']:.4f}  top-5 {rep['top5_acc']:.4f}  ECE {rep['ece']:.4f}"
+    )
+    for name in (
+        "accuracy",
+        "logits_magnitude",
+        "logits_magnitude_normalized",
+        "rsd_positive",
+        "rsd_negative",
+        "weight_norm",
+    ):
+        if name in g:
+            print(
+                f"{name:28s} "
+                + "  ".join(
+                    f"{k} {'–' if g[name][k] is None else f'{g[name][k]:.3f}'}"
+                    for k in ("many", "medium", "few")
+                )
+            )
+    if not args.out:
+        print(json.dumps({k: rep[k] for k in ("acc", "balanced_acc", "many", "medium", "few")}))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .data.features import load_features
+    from .io import write_json
+    from .stage2.sweep import sensitivity_grid, smoothing_sweep
+
+    fs = load_features(args.features)
+    out = args.out
+    points = smoothing_sweep(fs)
+    write_json(f"{out}/sweep.json", points)
+    write_json(f"{out}/sensitivity.json", sensitivity_grid(fs))
+    for p in points:
+        t = p["test"]
+        print(f"s={p['smooth']:.3f} r={p['target_ratio'] or float('inf'):.2f} epoch {p['epoch']}: "
+              f"val {100 * p['val']['balanced_acc']:.2f}  test {100 * t['acc']:.2f}")  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lort",

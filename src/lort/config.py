@@ -46,9 +46,14 @@ class Stage1Config:
 @dataclass
 class Stage2Config:
     methods: list[str] = field(default_factory=lambda: ["all"])
-    views: int = 1  # augmented views of each training image in the feature cache
-    tta_flip: bool = False
+    views: int = 1  # training views in the feature cache (1 = plain images)
+    epochs: int = 20
+    batch_size: int = 64
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lrs: list[float] = field(default_factory=lambda: [5e-4, 5e-3, 5e-2])  # searched on validation
     seed: int = 0
+    sweep: bool = True  # the smoothing sweep and the lr x weight-decay grid of the report
 
 
 @dataclass
@@ -176,6 +181,9 @@ def validate(cfg: RunConfig) -> None:
 
     s1 = cfg.stage1
     model_input_size(s1.model)  # unknown model names fail here, before any data is read
+    from .stage2.methods import resolve_methods
+
+    resolve_methods(cfg.stage2.methods)
     checks = [
         (s1.lr > 0, f"stage1.lr must be > 0, got {s1.lr}"),
         (s1.epochs >= 1, f"stage1.epochs must be >= 1, got {s1.epochs}"),
@@ -200,6 +208,10 @@ def validate(cfg: RunConfig) -> None:
             f"data.imbalance_ratio must be >= 1, got {cfg.data.imbalance_ratio}",
         ),
         (cfg.stage2.views >= 1, f"stage2.views must be >= 1, got {cfg.stage2.views}"),
+        (
+            all(lr > 0 for lr in cfg.stage2.lrs) and cfg.stage2.lrs,
+            f"stage2.lrs must be > 0, got {cfg.stage2.lrs}",
+        ),
     ]
     for ok, message in checks:
         if not ok:

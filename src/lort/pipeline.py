@@ -1,0 +1,101 @@
+"""``lort run CONFIG``: data -> stage 1 -> feature cache -> stage-2 comparison -> sweeps ->
+report, in one folder. Each step is skipped when its output exists and is valid, so a
+re-run after a crash or kill picks up where it stopped (stage 1 resumes mid-run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from .analysis.report import build_report
+from .config import RunConfig, dump_yaml
+from .data import build_dataset
+from .data.features import load_features
+from .env_info import environment
+from .errors import LortError
+from .io import sha256_file, write_json, write_text
+from .stage1.train import train
+from .stage2.sweep import sensitivity_grid, smoothing_sweep
+from .stage2.trainer import Schedule
+from .stage2.workflow import features_from_checkpoint, run_compare
+
+
+def _log(msg: str) -> None:
+    print(f"[lort run] {msg}", file=sys.stderr, flush=True)
+
+
+def _valid_json(path: Path, **expected) -> dict | None:
+    """The JSON at ``path`` if it exists, parses and records ``expected`` values."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if all(data.get(k) == v for k, v in expected.items()) else None
+
+
+def run_pipeline(cfg: RunConfig, out: str | Path, command: str | None = None) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config_text = dump_yaml(cfg)
+    if (out / "config.yaml").is_file() and (out / "config.yaml").read_text() != config_text:
+        raise LortError(f"{out} already holds a run with a different config; choose another --out")
+    write_text(out / "config.yaml", config_text)
+    commands = (
+        json.loads((out / "commands.json").read_text()) if (out / "commands.json").is_file() else []
+    )
+    write_json(out / "commands.json", commands + [command or " ".join(sys.argv)])
+    write_json(out / "environment.json", environment(cfg.stage1.seed))
+
+    _log("1/6 data")
+    ds = build_dataset(cfg.data)
+    write_json(out / "dataset.json", ds.summary() | {"classes": ds.classes})
+
+    _log("2/6 stage 1 (resumes if interrupted)")
+    s1 = train(cfg, out / "stage1", resume=True, dataset=ds)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return {}
+    ckpt = out / "stage1" / s1["selected_checkpoint"]
+    ckpt_sha = sha256_file(ckpt)
+
+    _log("3/6 feature cache")
+    feats = out / "features.npz"
+    meta = _valid_json(out / "features.json", checkpoint_sha256=ckpt_sha, views=cfg.stage2.views)
+    if meta is None or not feats.is_file() or sha256_file(feats) != meta.get("sha256"):
+        fs, _, _, _ = features_from_checkpoint(ckpt, cfg.data.root, cfg.stage2.views, progress=True)
+        fs.save(feats)
+        write_json(out / "features.json", {"checkpoint_sha256": ckpt_sha, "views": cfg.stage2.views,
+                                           "sha256": sha256_file(feats)})  # fmt: skip
+    else:
+        _log("   features.npz is valid, reused")
+    fs = load_features(feats)
+    feats_sha = sha256_file(feats)
+
+    s2 = cfg.stage2
+    schedule = Schedule(epochs=s2.epochs, lr=s2.lrs[0], momentum=s2.momentum, weight_decay=s2.weight_decay,
+                        batch_size=s2.batch_size, seed=s2.seed)  # fmt: skip
+    _log("4/6 stage-2 comparison")
+    board = _valid_json(out / "compare" / "leaderboard.json", features_sha256=feats_sha)
+    if board is None:
+        run_compare(fs, s2.methods, out / "compare", schedule, tuple(s2.lrs), str(feats),
+                    progress=lambda m: _log(f"   {m}"))  # fmt: skip
+        board = json.loads((out / "compare" / "leaderboard.json").read_text())
+        write_json(out / "compare" / "leaderboard.json", board | {"features_sha256": feats_sha})
+    else:
+        _log("   leaderboard is valid, reused")
+
+    if s2.sweep:
+        _log("5/6 smoothing sweep and lr x weight-decay sensitivity")
+        if _valid_json(out / "sweep.meta.json", features_sha256=feats_sha) is None:
+            write_json(out / "sweep.json", smoothing_sweep(fs, schedule))
+            write_json(out / "sensitivity.json", sensitivity_grid(fs))
+            write_json(out / "sweep.meta.json", {"features_sha256": feats_sha})
+    _log("6/6 report")
+    html, md = build_report(out)
+    return {
+        "stage1": s1,
+        "leaderboard": out / "compare" / "leaderboard.md",
+        "report": html,
+        "summary": md,
+    }
