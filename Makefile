@@ -21,6 +21,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 
 test: lint
+	./scripts/ensure-chromium
 	$(BIN)/python -m pytest -q
 
 DEMO_OUT ?= runs/demo

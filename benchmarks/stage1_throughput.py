@@ -86,24 +86,18 @@ def main():
     args = ap.parse_args()
     ds = build_dataset(DataConfig(dataset="cifar10", root=args.root))
     imgs, labels = ds.train.images, ds.train.labels
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(labels)} training images"
-    )
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(labels)} training images")
 
     results = {}
     for amp in ("none", "auto"):
         torch.manual_seed(0)
         model = create_model("resnet32", 10).to(memory_format=torch.channels_last)
         gen = torch.Generator().manual_seed(0)
-        batches = iterate_batches(
-            imgs, labels, args.batch_size, True, gen, BatchAugment(), drop_last=True
-        )
+        batches = iterate_batches(imgs, labels, args.batch_size, True, gen, BatchAugment(), drop_last=True)
         results[amp] = run(batches, model, args.steps, args.warmup, channels_last=True, amp=amp)
         dtype = autocast_dtype(amp, torch.device("cpu"))
         label = f"amp={amp} ({'fp32' if dtype is None else str(dtype).removeprefix('torch.')})"
-        print(
-            f"lort pipeline (batched tensor aug, channels_last, {label}): {results[amp]:8.1f} images/s"
-        )
+        print(f"lort pipeline (batched tensor aug, channels_last, {label}): {results[amp]:8.1f} images/s")
 
     torch.manual_seed(0)
     model = create_model("resnet32", 10)

@@ -40,21 +40,15 @@ def main():
     t_fit = time.perf_counter() - t0
     n = len(methods)
     settings = sum(len(r.search) for r in results)
-    print(
-        f"feature extraction (once, {len(fs.splits['train'][1])} train + val + test images): {t_extract:.1f} s"
-    )
-    print(
-        f"compare, {n} methods, {settings} settings searched on validation, 20 epochs each: {t_fit:.1f} s"
-    )
+    print(f"feature extraction (once, {len(fs.splits['train'][1])} train + val + test images): {t_extract:.1f} s")
+    print(f"compare, {n} methods, {settings} settings searched on validation, 20 epochs each: {t_fit:.1f} s")
     print(f"compare total (extraction + all methods): {t_extract + t_fit:.1f} s")
 
     method = get_method(args.ref_method)
     grid = {k: [v[0]] if k != "smooth" else [0.98] for k, v in method.grid.items()}
     source = BackboneFeatures(model, ds.train.images, "eval", seed=0)
     t0 = time.perf_counter()
-    fit_method(
-        method, fs, Schedule(epochs=args.ref_epochs), lrs=(5e-4,), grid=grid, train_source=source
-    )
+    fit_method(method, fs, Schedule(epochs=args.ref_epochs), lrs=(5e-4,), grid=grid, train_source=source)
     t_ref = time.perf_counter() - t0
     print(
         f"reference protocol, {args.ref_method}, one setting, {args.ref_epochs} epochs of backbone forward: {t_ref:.1f} s"

@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SHARED_DATA = Path(
-    os.environ.get("LORT_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
-)
+SHARED_DATA = Path(os.environ.get("LORT_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 SHARED_CIFAR10 = SHARED_DATA / "cifar10-jpg.tar.gz"
 
 
@@ -37,9 +35,7 @@ def _batch(images: np.ndarray, labels: list[int], labels_key: bytes) -> bytes:
     return pickle.dumps({b"data": data, labels_key: labels, b"batch_label": b"generated"})
 
 
-def make_cifar_archive(
-    folder: Path, name: str, per_class_train: int, per_class_test: int, seed: int = 0
-) -> Path:
+def make_cifar_archive(folder: Path, name: str, per_class_train: int, per_class_test: int, seed: int = 0) -> Path:
     """A small archive in the exact official python format (cifar-10 or cifar-100)."""
     rng = np.random.default_rng(seed)
     k = 10 if name == "cifar10" else 100
@@ -58,14 +54,10 @@ def make_cifar_archive(
         tr_img, tr_lab = split(per_class_train)
         chunks = np.array_split(np.arange(len(tr_lab)), 5)
         for i, idx in enumerate(chunks, start=1):
-            members[f"{top}/data_batch_{i}"] = _batch(
-                tr_img[idx], [tr_lab[j] for j in idx], b"labels"
-            )
+            members[f"{top}/data_batch_{i}"] = _batch(tr_img[idx], [tr_lab[j] for j in idx], b"labels")
         te_img, te_lab = split(per_class_test)
         members[f"{top}/test_batch"] = _batch(te_img, te_lab, b"labels")
-        members[f"{top}/batches.meta"] = pickle.dumps(
-            {b"label_names": [f"c{i}".encode() for i in range(k)]}
-        )
+        members[f"{top}/batches.meta"] = pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(k)]})
         archive = folder / "cifar-10-python.tar.gz"
     else:
         top = "cifar-100-python"
@@ -73,9 +65,7 @@ def make_cifar_archive(
         members[f"{top}/train"] = _batch(tr_img, tr_lab, b"fine_labels")
         te_img, te_lab = split(per_class_test)
         members[f"{top}/test"] = _batch(te_img, te_lab, b"fine_labels")
-        members[f"{top}/meta"] = pickle.dumps(
-            {b"fine_label_names": [f"f{i:02d}".encode() for i in range(k)]}
-        )
+        members[f"{top}/meta"] = pickle.dumps({b"fine_label_names": [f"f{i:02d}".encode() for i in range(k)]})
         archive = folder / "cifar-100-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tf:
         for member, data in members.items():
@@ -85,9 +75,7 @@ def make_cifar_archive(
     return archive
 
 
-def make_image_tree(
-    root: Path, counts: dict[str, tuple[int, int]], size: int = 32, fmt: str = "PNG"
-) -> Path:
+def make_image_tree(root: Path, counts: dict[str, tuple[int, int]], size: int = 32, fmt: str = "PNG") -> Path:
     """``root/{train,test}/<class>/NNNN.png`` with the class index in pixel (0, 0, 0)."""
     rng = np.random.default_rng(1)
     for ci, (cls, (n_train, n_test)) in enumerate(sorted(counts.items())):

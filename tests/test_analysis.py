@@ -71,23 +71,15 @@ def test_accuracy_groups_top5_and_ece():
     assert top_k_accuracy(Z, Y, 5) == 1.0
     # ECE: all-confident correct predictions in one bin
     z = np.array([[10.0, 0.0], [0.0, 10.0]])
-    assert expected_calibration_error(z, np.array([0, 1])) == pytest.approx(
-        1 - 1 / (1 + np.exp(-10)), abs=1e-6
-    )
-    assert expected_calibration_error(z, np.array([1, 0])) == pytest.approx(
-        1 / (1 + np.exp(-10)), abs=1e-6
-    )
+    assert expected_calibration_error(z, np.array([0, 1])) == pytest.approx(1 - 1 / (1 + np.exp(-10)), abs=1e-6)
+    assert expected_calibration_error(z, np.array([1, 0])) == pytest.approx(1 / (1 + np.exp(-10)), abs=1e-6)
 
 
 def test_group_means_and_bins_of_ten():
     counts = np.array([500] * 10 + [50] * 10 + [5] * 10)
     values = np.arange(30, dtype=float)
     g = group_means(values, counts)
-    assert (
-        g["many"] == pytest.approx(4.5)
-        and g["medium"] == pytest.approx(14.5)
-        and g["few"] == pytest.approx(24.5)
-    )
+    assert g["many"] == pytest.approx(4.5) and g["medium"] == pytest.approx(14.5) and g["few"] == pytest.approx(24.5)
     assert g["bins"] == [4.5, 14.5, 24.5]
 
 

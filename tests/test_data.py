@@ -211,9 +211,7 @@ def _list_tree(tmp_path):
     spaced = root / "train" / "with space"
     spaced.mkdir()
     (root / "train" / "x" / "0000.jpg").rename(spaced / "a b.jpg")
-    (tmp_path / "train.txt").write_text(
-        "train/with space/a b.jpg 0\ntrain/x/0001.jpg 0\n\ntrain/y/0000.jpg 1\n"
-    )
+    (tmp_path / "train.txt").write_text("train/with space/a b.jpg 0\ntrain/x/0001.jpg 0\n\ntrain/y/0000.jpg 1\n")
     (tmp_path / "test.txt").write_text("test/x/0000.jpg 0\ntest/y/0000.jpg 1\n")
     return root
 
@@ -276,12 +274,7 @@ def test_batch_augment_crops_flips_and_normalises_like_a_reference():
 def test_iterate_batches_covers_every_sample_once():
     imgs = np.arange(10 * 4 * 4 * 3, dtype=np.uint8).reshape(10, 4, 4, 3)
     labels = np.arange(10)
-    seen = [
-        y
-        for _, y in iterate_batches(
-            imgs, labels, 3, shuffle=True, generator=torch.Generator().manual_seed(1)
-        )
-    ]
+    seen = [y for _, y in iterate_batches(imgs, labels, 3, shuffle=True, generator=torch.Generator().manual_seed(1))]
     assert sorted(torch.cat(seen).tolist()) == list(range(10))
 
 
@@ -312,12 +305,7 @@ def test_data_info_on_shared_cifar10(shared_cifar10_cache, monkeypatch, capsys):
 def test_data_plot_writes_a_png(tmp_path, capsys):
     make_cifar_archive(tmp_path, "cifar10", 30, 1)
     out = tmp_path / "counts.png"
-    assert (
-        main(
-            ["data", "plot", "--root", str(tmp_path), "--imbalance-ratio", "10", "--out", str(out)]
-        )
-        == 0
-    )
+    assert main(["data", "plot", "--root", str(tmp_path), "--imbalance-ratio", "10", "--out", str(out)]) == 0
     from PIL import Image
 
     with Image.open(out) as img:

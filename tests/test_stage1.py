@@ -88,15 +88,11 @@ def test_resume_after_sigkill_gives_the_weights_of_an_uninterrupted_run(tmp_path
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline and not (
-        metrics.exists() and metrics.read_text().count("\n") >= 1
-    ):
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 1):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (tmp_path / "killed" / "summary.json").exists(), (
-        "run finished before it could be killed"
-    )
+    assert not (tmp_path / "killed" / "summary.json").exists(), "run finished before it could be killed"
     assert main(["train", "--out", str(tmp_path / "killed"), "--resume", "--set", f"data.root={tmp_path}",
                  "--set", "data.max_per_class=40", "--set", "data.imbalance_ratio=10", "--set",
                  "data.val_per_class=4", "--epochs", "3", "--batch-size", "16",

@@ -54,9 +54,7 @@ def test_lort_loss_is_cross_entropy_against_the_target():
     t = torch.full((8, 5), 0.9 / 5)
     t[torch.arange(8), y] = 0.1 + 0.9 / 5
     assert loss.item() == pytest.approx(-(t * logits.log_softmax(1)).sum(1).mean().item(), rel=1e-6)
-    assert LogitsRetargetingLoss(smooth=0.0)(logits, y).item() == pytest.approx(
-        F.cross_entropy(logits, y).item()
-    )
+    assert LogitsRetargetingLoss(smooth=0.0)(logits, y).item() == pytest.approx(F.cross_entropy(logits, y).item())
     by_ratio = LogitsRetargetingLoss(target_ratio=ratio_from_smooth(0.9, 5))(logits, y)
     assert by_ratio.item() == pytest.approx(loss.item(), rel=1e-6)
 
@@ -67,15 +65,11 @@ def test_grouped_losses_match_their_single_forms():
     w = torch.rand(4) + 0.5
     got = L.grouped_cross_entropy(logits, y, w)
     for g in range(3):
-        assert got[g].item() == pytest.approx(
-            F.cross_entropy(logits[g], y, weight=w).item(), rel=1e-5
-        )
+        assert got[g].item() == pytest.approx(F.cross_entropy(logits[g], y, weight=w).item(), rel=1e-5)
     s = torch.tensor([0.0, 0.5, 0.98])
     got = L.grouped_soft_cross_entropy(logits, L.grouped_lort_target(y, 4, s))
     for g in range(3):
-        assert got[g].item() == pytest.approx(
-            LogitsRetargetingLoss(float(s[g]))(logits[g], y).item(), rel=1e-5
-        )
+        assert got[g].item() == pytest.approx(LogitsRetargetingLoss(float(s[g]))(logits[g], y).item(), rel=1e-5)
     gamma = torch.tensor([0.0, 2.0, 2.0])
     got = L.grouped_focal(logits, y, gamma)
     assert got[0].item() == pytest.approx(F.cross_entropy(logits[0], y).item(), rel=1e-5)
@@ -144,9 +138,7 @@ def test_manual_sgd_matches_torch_optim_sgd():
     x, y = (torch.as_tensor(a) for a in fs.splits["train"])
     w, b = torch.as_tensor(fs.init_weight), torch.as_tensor(fs.init_bias)
     sched = Schedule(epochs=1, lr=0.01, weight_decay=1e-3, batch_size=len(y))  # one full-batch step
-    head, _ = fit_head(
-        LinearHead(w, b), x, y, lambda lg, yy, e: L.grouped_cross_entropy(lg, yy), sched
-    )
+    head, _ = fit_head(LinearHead(w, b), x, y, lambda lg, yy, e: L.grouped_cross_entropy(lg, yy), sched)
     ref = torch.nn.Linear(w.shape[1], w.shape[0])
     with torch.no_grad():
         ref.weight.copy_(w)
@@ -271,9 +263,7 @@ def test_retrain_cli_with_target_ratio(tmp_path, toy, capsys):
     import json
 
     summary = json.loads((out / "summary.json").read_text())
-    assert (
-        summary["hyperparameters"]["target_ratio"] == 3 and summary["hyperparameters"]["lr"] == 0.01
-    )
+    assert summary["hyperparameters"]["target_ratio"] == 3 and summary["hyperparameters"]["lr"] == 0.01
 
 
 def _save(tmp_path, **arrays):

@@ -13,34 +13,20 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     from .data import DATASETS
 
     g = p.add_argument_group("data")
-    g.add_argument(
-        "--dataset", default="cifar10", choices=DATASETS, help="dataset (default cifar10)"
-    )
+    g.add_argument("--dataset", default="cifar10", choices=DATASETS, help="dataset (default cifar10)")
     g.add_argument("--root", help="data folder (default: $LORT_DATA)")
-    g.add_argument(
-        "--imbalance-ratio", type=float, default=100.0, help="n_max / n_min (default 100)"
-    )
-    g.add_argument(
-        "--profile", default="exp", choices=("exp", "step", "none"), help="imbalance profile"
-    )
-    g.add_argument(
-        "--max-per-class", type=int, help="n_max (default: all images of the largest class)"
-    )
+    g.add_argument("--imbalance-ratio", type=float, default=100.0, help="n_max / n_min (default 100)")
+    g.add_argument("--profile", default="exp", choices=("exp", "step", "none"), help="imbalance profile")
+    g.add_argument("--max-per-class", type=int, help="n_max (default: all images of the largest class)")
     g.add_argument(
         "--selection",
         default="first",
         choices=("first", "random"),
         help="which images a class keeps",
     )
-    g.add_argument(
-        "--seed", type=int, default=0, help="seed of random selection and the validation split"
-    )
-    g.add_argument(
-        "--val-per-class", type=int, default=20, help="validation images per class (default 20)"
-    )
-    g.add_argument(
-        "--download", action="store_true", help="download official CIFAR archives when missing"
-    )
+    g.add_argument("--seed", type=int, default=0, help="seed of random selection and the validation split")
+    g.add_argument("--val-per-class", type=int, default=20, help="validation images per class (default 20)")
+    g.add_argument("--download", action="store_true", help="download official CIFAR archives when missing")
     g.add_argument("--list-dir", help="folder holding the list files (list datasets)")
     g.add_argument("--train-list", help="train list file (relative/path label per line)")
     g.add_argument("--val-list", help="validation list file")
@@ -133,9 +119,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         help="override a config value, e.g. --set stage1.lr=0.05 (repeatable)",
     )
     g = p.add_argument_group("shortcuts for --set")
-    g.add_argument(
-        "--model", help="stage1.model (resnet32, resnet34_cifar, resnet50, resnext50_32x4d)"
-    )
+    g.add_argument("--model", help="stage1.model (resnet32, resnet34_cifar, resnet50, resnext50_32x4d)")
     g.add_argument("--epochs", type=int, help="stage1.epochs")
     g.add_argument("--lr", type=float, help="stage1.lr")
     g.add_argument("--weight-decay", type=float, help="stage1.weight_decay")
@@ -154,7 +138,14 @@ def _run_config(args: argparse.Namespace):
         value = getattr(args, attr, None)
         if value is not None:
             overrides[key] = value
-    return load_config(args.config, overrides)
+    path = args.config or getattr(args, "config_file", None)
+    if args.config and getattr(args, "config_file", None):
+        raise LortError("give the config once: CONFIG or --config")
+    return load_config(path, overrides)
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -167,7 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(
             f"stage 1 done: {summary['selected_checkpoint']} (epoch {summary['selected_epoch']}, "
             f"{summary['selected_by']}); test acc {t['acc']:.4f} "
-            f"(many {t['many']}, medium {t['medium']}, few {t['few']}); {args.out}"
+            f"(many {_pct(t['many'])}, medium {_pct(t['medium'])}, few {_pct(t['few'])}); {args.out}"
         )
     return 0
 
@@ -175,32 +166,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _add_stage2_args(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("representation (one of)")
     src.add_argument("--features", help=".npz feature file (train/val/test features and labels)")
-    src.add_argument(
-        "--checkpoint", help="stage-1 checkpoint: features are extracted from its dataset"
-    )
-    src.add_argument(
-        "--root", help="data folder for --checkpoint (default: as recorded, or $LORT_DATA)"
-    )
-    src.add_argument(
-        "--views", type=int, default=1, help="training views in the feature cache (1 = plain)"
-    )
+    src.add_argument("--checkpoint", help="stage-1 checkpoint: features are extracted from its dataset")
+    src.add_argument("--root", help="data folder for --checkpoint (default: as recorded, or $LORT_DATA)")
+    src.add_argument("--views", type=int, default=1, help="training views in the feature cache (1 = plain)")
     src.add_argument(
         "--mode", default="cache", choices=("cache", "full"),
         help="cache: train on cached features (default); full: the reference protocol, augmented "
         "images through the frozen backbone every epoch (needs --checkpoint)",
     )  # fmt: skip
-    src.add_argument(
-        "--bn-mode", default="eval", choices=("eval", "train"), help="BatchNorm mode, full mode"
-    )
+    src.add_argument("--bn-mode", default="eval", choices=("eval", "train"), help="BatchNorm mode, full mode")
     g = p.add_argument_group("schedule (defaults: the reference recipe)")
     g.add_argument("--epochs", type=int, default=20)
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument(
-        "--lr", type=float, help="fix the learning rate (default: search --lrs on validation)"
-    )
+    g.add_argument("--lr", type=float, help="fix the learning rate (default: search --lrs on validation)")
     g.add_argument("--lrs", default="5e-4,5e-3,5e-2", help="learning rates searched on validation")
     p.add_argument("--out", required=True, help="output folder")
 
@@ -225,7 +206,7 @@ def _schedule(args: argparse.Namespace):
 def cmd_extract(args: argparse.Namespace) -> int:
     from .stage2.workflow import features_from_checkpoint
 
-    fs, _, _, _ = features_from_checkpoint(args.checkpoint, args.root, args.views, progress=True)
+    fs, _, _, _ = features_from_checkpoint(args.checkpoint, args.root, args.views, True, args.tta_flip)
     fs.save(args.out)
     sizes = ", ".join(f"{k} {len(v[1])}" for k, v in fs.splits.items())
     print(f"{args.out}: {fs.dim}-d features, {fs.num_classes} classes ({sizes})")
@@ -235,9 +216,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def cmd_retrain(args: argparse.Namespace) -> int:
     from .stage2.workflow import load_feature_source, run_retrain
 
-    if args.method not in ("lort", "lort_balanced") and (
-        args.smooth is not None or args.target_ratio is not None
-    ):
+    if args.method not in ("lort", "lort_balanced") and (args.smooth is not None or args.target_ratio is not None):
         raise LortError("--smooth and --target-ratio apply to the lort methods only")
     if args.smooth is not None and args.target_ratio is not None:
         raise LortError("give --smooth or --target-ratio, not both")
@@ -255,9 +234,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     fs, model, ckpt, source, train_source = load_feature_source(
         args.features, args.checkpoint, args.root, args.views, args.mode, args.bn_mode, args.seed
     )
-    _, table = run_retrain(
-        fs, args.method, args.out, schedule, lrs, grid, model, ckpt, source, train_source
-    )
+    _, table = run_retrain(fs, args.method, args.out, schedule, lrs, grid, model, ckpt, source, train_source)
     print(table)
     print(f"written to {args.out}")
     return 0
@@ -352,8 +329,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             print(
                 f"{name:28s} "
                 + "  ".join(
-                    f"{k} {'–' if g[name][k] is None else f'{g[name][k]:.3f}'}"
-                    for k in ("many", "medium", "few")
+                    f"{k} {'–' if g[name][k] is None else f'{g[name][k]:.3f}'}" for k in ("many", "medium", "few")
                 )
             )
     if not args.out:
@@ -398,30 +374,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="stage 1: train a backbone on the long-tailed set")
     _add_config_args(tr)
-    tr.add_argument(
-        "--out", required=True, help="run folder (checkpoints, metrics.jsonl, summary.json)"
-    )
-    tr.add_argument(
-        "--resume", action="store_true", help="continue the run in --out where it stopped"
-    )
+    tr.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, summary.json)")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     tr.set_defaults(func=cmd_train)
 
-    ex = sub.add_parser(
-        "extract", help="write the frozen features of a checkpoint's dataset to .npz"
-    )
+    ex = sub.add_parser("extract", help="write the frozen features of a checkpoint's dataset to .npz")
     ex.add_argument("--checkpoint", required=True, help="stage-1 checkpoint (e.g. RUN/best.pt)")
     ex.add_argument("--root", help="data folder (default: as recorded, or $LORT_DATA)")
     ex.add_argument("--views", type=int, default=1, help="training views (1 = plain images)")
     ex.add_argument("--out", required=True, help=".npz file to write")
+    ex.add_argument(
+        "--tta-flip", action="store_true", help="average val/test features with the flipped image (off by default)"
+    )
     ex.set_defaults(func=cmd_extract)
 
-    rt = sub.add_parser(
-        "retrain", help="stage 2: re-train the classifier with one method (default LORT)"
-    )
+    rt = sub.add_parser("retrain", help="stage 2: re-train the classifier with one method (default LORT)")
     rt.add_argument("--method", default="lort", help="stage-2 method (see `lort methods`)")
-    rt.add_argument(
-        "--smooth", type=float, help="LORT smoothing value s in [0, 1) (default: searched)"
-    )
+    rt.add_argument("--smooth", type=float, help="LORT smoothing value s in [0, 1) (default: searched)")
     rt.add_argument(
         "--target-ratio",
         type=float,
@@ -435,9 +404,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stage2_args(cp)
     cp.set_defaults(func=cmd_compare)
 
-    me = sub.add_parser(
-        "methods", help="list the stage-2 methods with their sources and searched hyperparameters"
-    )
+    rn = sub.add_parser("run", help="the whole pipeline from one config: data, stage 1, stage 2, report")
+    rn.add_argument("config_file", nargs="?", metavar="CONFIG", help="YAML config, e.g. configs/demo.yaml")
+    _add_config_args(rn)
+    rn.add_argument("--out", required=True, help="run folder; re-running continues where it stopped")
+    rn.set_defaults(func=cmd_run)
+
+    rp = sub.add_parser("report", help="HTML page and Markdown summary of a run or comparison folder")
+    rp.add_argument("run_dir", help="folder written by `lort run` or `lort compare`")
+    rp.set_defaults(func=cmd_report)
+
+    an = sub.add_parser("analyze", help="metrics of a logits file, or of a checkpoint's/feature file's classifier")
+    an.add_argument("--logits", help="logits .npz written by compare (logits/<method>.npz)")
+    an.add_argument("--features", help=".npz feature file with its classifier (init_weight)")
+    an.add_argument("--checkpoint", help="stage-1 checkpoint")
+    an.add_argument("--root", help="data folder for --checkpoint")
+    an.add_argument("--split", default="test", choices=("val", "test"))
+    an.add_argument("--out", help="write every metric as JSON")
+    an.set_defaults(func=cmd_analyze)
+
+    sw = sub.add_parser("sweep", help="smoothing sweep (s and target ratio) and lr x weight-decay grid")
+    sw.add_argument("--features", required=True, help=".npz feature file")
+    sw.add_argument("--out", required=True, help="folder for sweep.json and sensitivity.json")
+    sw.set_defaults(func=cmd_sweep)
+
+    me = sub.add_parser("methods", help="list the stage-2 methods with their sources and searched hyperparameters")
     me.set_defaults(func=cmd_methods)
     return parser
 

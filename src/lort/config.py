@@ -30,9 +30,7 @@ class Stage1Config:
     weight_decay: float = 5e-3
     warmup_epochs: int = 0
     max_norm: float | None = None  # per-class classifier weight-norm bound after each step
-    amp: str = (
-        "auto"  # none | auto (bf16 where native: AMX/AVX-512 CPUs, recent GPUs) | bf16 | fp16 (GPU)
-    )
+    amp: str = "auto"  # none | auto (bf16 where native: AMX/AVX-512 CPUs, recent GPUs) | bf16 | fp16 (GPU)
     channels_last: bool = True
     compile: bool = False
     deterministic: bool = True
@@ -53,6 +51,7 @@ class Stage2Config:
     weight_decay: float = 0.0
     lrs: list[float] = field(default_factory=lambda: [5e-4, 5e-3, 5e-2])  # searched on validation
     seed: int = 0
+    tta_flip: bool = False  # test-time flip averaging of val/test features (reported when on)
     sweep: bool = True  # the smoothing sweep and the lr x weight-decay grid of the report
 
 
@@ -111,9 +110,7 @@ def _build(cls: type, values: dict, prefix: str, where: str) -> Any:
     kwargs = {}
     for key, value in values.items():
         if key not in names:
-            raise LortError(
-                f"{where}: unknown config key {prefix}{key}; known keys: {', '.join(sorted(names))}"
-            )
+            raise LortError(f"{where}: unknown config key {prefix}{key}; known keys: {', '.join(sorted(names))}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value or {}, f"{prefix}{key}.", where)
@@ -144,9 +141,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def load_config(
-    path: str | Path | None = None, overrides: list[str] | dict | None = None
-) -> RunConfig:
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
     """Load a YAML file (or defaults), apply overrides, validate, return a :class:`RunConfig`."""
     tree: dict = {}
     where = "command line"
@@ -159,16 +154,10 @@ def load_config(
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f":{mark.line + 1}" if mark else ""
-            raise LortError(
-                f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})"
-            ) from None
+            raise LortError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
         if not isinstance(tree, dict):
             raise LortError(f"{path}: a config file must be a mapping of sections")
-    items = (
-        overrides.items()
-        if isinstance(overrides, dict)
-        else [parse_override(o) for o in overrides or []]
-    )
+    items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
     for key, value in items:
         _set_path(tree, key, value)
     cfg = _build(RunConfig, tree, "", where)

@@ -42,9 +42,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path, command: str | None = None) ->
     if (out / "config.yaml").is_file() and (out / "config.yaml").read_text() != config_text:
         raise LortError(f"{out} already holds a run with a different config; choose another --out")
     write_text(out / "config.yaml", config_text)
-    commands = (
-        json.loads((out / "commands.json").read_text()) if (out / "commands.json").is_file() else []
-    )
+    commands = json.loads((out / "commands.json").read_text()) if (out / "commands.json").is_file() else []
     write_json(out / "commands.json", commands + [command or " ".join(sys.argv)])
     write_json(out / "environment.json", environment(cfg.stage1.seed))
 
@@ -61,11 +59,13 @@ def run_pipeline(cfg: RunConfig, out: str | Path, command: str | None = None) ->
 
     _log("3/6 feature cache")
     feats = out / "features.npz"
-    meta = _valid_json(out / "features.json", checkpoint_sha256=ckpt_sha, views=cfg.stage2.views)
+    meta = _valid_json(
+        out / "features.json", checkpoint_sha256=ckpt_sha, views=cfg.stage2.views, tta_flip=cfg.stage2.tta_flip
+    )
     if meta is None or not feats.is_file() or sha256_file(feats) != meta.get("sha256"):
-        fs, _, _, _ = features_from_checkpoint(ckpt, cfg.data.root, cfg.stage2.views, progress=True)
+        fs, _, _, _ = features_from_checkpoint(ckpt, cfg.data.root, cfg.stage2.views, True, cfg.stage2.tta_flip)
         fs.save(feats)
-        write_json(out / "features.json", {"checkpoint_sha256": ckpt_sha, "views": cfg.stage2.views,
+        write_json(out / "features.json", {"checkpoint_sha256": ckpt_sha, "views": cfg.stage2.views, "tta_flip": cfg.stage2.tta_flip,
                                            "sha256": sha256_file(feats)})  # fmt: skip
     else:
         _log("   features.npz is valid, reused")

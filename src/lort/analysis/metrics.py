@@ -69,9 +69,7 @@ def normalized_magnitude(magnitude: np.ndarray) -> np.ndarray:
     return m / scale if scale and np.isfinite(scale) else np.full_like(m, np.nan)
 
 
-def regularized_std(
-    logits, labels, num_classes: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def regularized_std(logits, labels, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Regularized Standard Deviation of each class ``k``: the standard deviation of ``z_k``
     over the positive samples (class ``k``) and over the negative samples, each divided
     by ``|Logits Magnitude_k|``. NaN where undefined (no positive or negative sample, a

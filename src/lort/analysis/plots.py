@@ -44,10 +44,7 @@ def plot_class_counts(counts, classes: list[str], path: str | Path, title: str =
         handles,
         [f"Many (>{MANY_ABOVE})", f"Medium ({FEW_BELOW}-{MANY_ABOVE})", f"Few (<{FEW_BELOW})"],
     )
-    ax.set_title(
-        title
-        or f"{len(counts)} classes, {int(counts.sum())} images, IR {counts.max() / counts.min():.0f}"
-    )
+    ax.set_title(title or f"{len(counts)} classes, {int(counts.sum())} images, IR {counts.max() / counts.min():.0f}")
     return save_figure(fig, path)
 
 
@@ -114,13 +111,9 @@ def plot_magnitude_and_rsd(per_method: dict[str, dict], train_counts, path: str 
     return save_figure(fig, path)
 
 
-def plot_sample_logits(
-    logits_by_method: dict[str, np.ndarray], label: int, index: int, path: str | Path
-) -> Path:
+def plot_sample_logits(logits_by_method: dict[str, np.ndarray], label: int, index: int, path: str | Path) -> Path:
     """One test sample's logits under two methods: the true class (blue) against the others (red)."""
-    fig, axes = plt.subplots(
-        1, len(logits_by_method), figsize=(5 * len(logits_by_method), 4), sharey=False
-    )
+    fig, axes = plt.subplots(1, len(logits_by_method), figsize=(5 * len(logits_by_method), 4), sharey=False)
     axes = np.atleast_1d(axes)
     for ax, (m, z) in zip(axes, logits_by_method.items(), strict=True):
         colors = ["#3b6fb6" if c == label else "#c8413b" for c in range(len(z))]
@@ -145,9 +138,7 @@ def plot_smoothing_sweep(points: list[dict], path: str | Path) -> Path:
             ax.plot(s, ys, style, label=key)
     ax.set_xlabel("smoothing value s (target ratio r = 1 + K(1-s)/s)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(
-        "LORT: accuracy against the smoothing value (analysis sweep; s is chosen on validation)"
-    )
+    ax.set_title("LORT: accuracy against the smoothing value (analysis sweep; s is chosen on validation)")
     ax.legend()
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
@@ -160,9 +151,7 @@ def plot_sensitivity(grid: dict, path: str | Path) -> Path:
     axes = np.atleast_1d(axes)
     for ax, m in zip(axes, methods, strict=True):
         acc = 100 * np.asarray(grid["methods"][m], dtype=float)
-        im = ax.imshow(
-            acc, cmap="viridis", origin="lower", vmin=np.nanmin(acc), vmax=np.nanmax(acc)
-        )
+        im = ax.imshow(acc, cmap="viridis", origin="lower", vmin=np.nanmin(acc), vmax=np.nanmax(acc))
         ax.set_xticks(range(len(grid["weight_decays"])), [f"{v:g}" for v in grid["weight_decays"]])
         ax.set_yticks(range(len(grid["lrs"])), [f"{v:g}" for v in grid["lrs"]])
         ax.set_xlabel("weight decay")

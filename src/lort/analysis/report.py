@@ -48,11 +48,7 @@ def _pick_sample(cmp_dir: Path, a: str, b: str) -> tuple[int, int, dict] | None:
     idx = np.flatnonzero(y == rare)
     if not len(idx):
         return None
-    good = [
-        i
-        for i in idx
-        if da["test_logits"][i].argmax() != rare and db["test_logits"][i].argmax() == rare
-    ]
+    good = [i for i in idx if da["test_logits"][i].argmax() != rare and db["test_logits"][i].argmax() == rare]
     i = int(good[0] if good else idx[0])
     return i, rare, {a: da["test_logits"][i], b: db["test_logits"][i]}
 
@@ -71,9 +67,7 @@ def _table(header: list[str], rows: list[list]) -> tuple[str, str]:
         return str(v)
 
     h = "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>"
-    h += "".join(
-        "<tr>" + "".join(f"<td>{html.escape(cell(v))}</td>" for v in r) + "</tr>" for r in rows
-    )
+    h += "".join("<tr>" + "".join(f"<td>{html.escape(cell(v))}</td>" for v in r) + "</tr>" for r in rows)
     h += "</table>"
     md = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
     md += "".join("| " + " | ".join(cell(v) for v in r) + " |\n" for r in rows)
@@ -152,9 +146,7 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
         backbone = (f"{s1['model']}, {s1['epochs']} epochs, checkpoint {s1['selected_checkpoint']} (epoch {s1['selected_epoch']}, "
                     f"{s1['selected_by']}); stage-1 test accuracy {100 * s1['test']['acc']:.2f}%")  # fmt: skip
     config = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else ""
-    commands = (
-        json.loads((run / "commands.json").read_text()) if (run / "commands.json").is_file() else []
-    )
+    commands = json.loads((run / "commands.json").read_text()) if (run / "commands.json").is_file() else []
     notes = [f"Mode: {board.get('mode', 'cache')}. Test-time augmentation: {'on' if board.get('tta') else 'off'}.",
              board.get("selection", ""), board.get("verdict", "")]  # fmt: skip
 
@@ -193,9 +185,7 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     body += ["<h2>Figures</h2>"] + [
         f"<figure>{_img(p)}<figcaption>{html.escape(t)}</figcaption></figure>" for t, p in figures
     ]
-    body += (
-        ["<h2>Commands</h2><pre>" + html.escape("\n".join(commands)) + "</pre>"] if commands else []
-    )
+    body += ["<h2>Commands</h2><pre>" + html.escape("\n".join(commands)) + "</pre>"] if commands else []
     body += ["<h2>Configuration</h2><pre>" + html.escape(config) + "</pre>"] if config else []
     page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>lort report</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
     html_path = run / "report.html"

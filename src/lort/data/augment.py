@@ -30,9 +30,7 @@ class BatchAugment:
         x = (images.float() - self.mean) * self.inv_std  # NHWC, broadcast over channels
         return x.permute(0, 3, 1, 2)  # NCHW view of NHWC storage == channels_last
 
-    def __call__(
-        self, images: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         n, h, w, _ = images.shape
         p = self.pad
         if p:

@@ -48,9 +48,7 @@ def build_dataset(cfg: DataConfig) -> LongTailedDataset:
             lists = {"train": cfg.train_list, "test": cfg.test_list or ""}
             if cfg.val_list:
                 lists["val"] = cfg.val_list
-        raw = read_list_dataset(
-            cfg.dataset, data_root(cfg.root), cfg.list_dir, lists, cfg.num_classes
-        )
+        raw = read_list_dataset(cfg.dataset, data_root(cfg.root), cfg.list_dir, lists, cfg.num_classes)
     else:
         raise LortError(f"unknown dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
     return make_long_tailed(

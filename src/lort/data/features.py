@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,11 +50,10 @@ class FeatureSet:
             arrays[f"{split}_features"] = x
             arrays[f"{split}_labels"] = y
         arrays["classes"] = np.asarray(self.classes)
+        arrays["meta_json"] = np.asarray(json.dumps(self.meta, default=str))
         if self.init_weight is not None:
             arrays["init_weight"] = self.init_weight
-            arrays["init_bias"] = (
-                self.init_bias if self.init_bias is not None else np.zeros(len(self.init_weight))
-            )
+            arrays["init_bias"] = self.init_bias if self.init_bias is not None else np.zeros(len(self.init_weight))
         save_npz(path, **arrays)
 
 
@@ -66,9 +66,7 @@ def validate_features(
     dim = None
     for split, (x, y) in splits.items():
         if x.ndim != 2:
-            raise LortError(
-                f"{where}: {split} features must be 2-D (samples x dims), got shape {x.shape}"
-            )
+            raise LortError(f"{where}: {split} features must be 2-D (samples x dims), got shape {x.shape}")
         if y.ndim != 1 or len(y) != len(x):
             raise LortError(f"{where}: {split} has {len(x)} feature rows but {len(y)} labels")
         if dim is not None and x.shape[1] != dim:
@@ -76,11 +74,7 @@ def validate_features(
         dim = x.shape[1] if dim is None else dim
         if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
             raise LortError(f"{where}: {split} features are not numeric ({x.dtype})")
-        bad = (
-            np.flatnonzero(~np.isfinite(x).all(axis=1))
-            if np.issubdtype(x.dtype, np.floating)
-            else []
-        )
+        bad = np.flatnonzero(~np.isfinite(x).all(axis=1)) if np.issubdtype(x.dtype, np.floating) else []
         if len(bad):
             raise LortError(f"{where}: {split} features hold NaN or Inf (row {bad[0]})")
         if len(y) and (y.min() < 0 or y.max() >= num_classes):
@@ -129,4 +123,10 @@ def load_features(path: str | Path) -> FeatureSet:
         raise LortError(
             f"{path}: init_weight has shape {init_w.shape}, expected {(len(classes), splits['train'][0].shape[1])}"
         )
-    return FeatureSet(splits=splits, classes=classes, init_weight=init_w, init_bias=init_b)
+    meta = {}
+    if "meta_json" in arrays:
+        try:
+            meta = json.loads(str(arrays["meta_json"]))
+        except ValueError:
+            raise LortError(f"{path}: meta_json is not valid JSON") from None
+    return FeatureSet(splits=splits, classes=classes, init_weight=init_w, init_bias=init_b, meta=meta)

@@ -128,9 +128,7 @@ def make_long_tailed(
             take = min(val_per_class, len(rest))
             if take < val_per_class:
                 shortfall.append(raw.classes[c])
-            val_idx.append(
-                np.sort(rng.choice(rest, size=take, replace=False)) if take else rest[:0]
-            )
+            val_idx.append(np.sort(rng.choice(rest, size=take, replace=False)) if take else rest[:0])
         train_idx = np.concatenate(chosen)
         lt_train = train.subset(train_idx)
         val = train.subset(np.concatenate(val_idx)) if val_per_class else None
@@ -145,6 +143,4 @@ def make_long_tailed(
     empty = np.flatnonzero(lt_train.counts(k) == 0)
     if len(empty):
         raise LortError(f"class {raw.classes[empty[0]]!r} is left with zero training images")
-    return LongTailedDataset(
-        name=raw.name, classes=raw.classes, train=lt_train, val=val, test=test, info=info
-    )
+    return LongTailedDataset(name=raw.name, classes=raw.classes, train=lt_train, val=val, test=test, info=info)

@@ -22,9 +22,7 @@ def class_counts(
 ) -> list[int]:
     """Per-class image counts, head class first."""
     if profile not in PROFILES:
-        raise LortError(
-            f"unknown imbalance profile {profile!r}; choose one of {', '.join(PROFILES)}"
-        )
+        raise LortError(f"unknown imbalance profile {profile!r}; choose one of {', '.join(PROFILES)}")
     if not (isinstance(imbalance_ratio, int | float) and math.isfinite(imbalance_ratio)):
         raise LortError(f"imbalance ratio must be a finite number, got {imbalance_ratio!r}")
     if imbalance_ratio < 1:

@@ -63,9 +63,7 @@ def data_root(root: str | os.PathLike | None) -> Path:
     if root is None:
         root = os.environ.get("LORT_DATA")
     if not root:
-        raise LortError(
-            "no data location: pass --root DIR or set the LORT_DATA environment variable"
-        )
+        raise LortError("no data location: pass --root DIR or set the LORT_DATA environment variable")
     path = Path(root).expanduser()
     if not path.exists():
         raise LortError(f"data location {path} does not exist")
@@ -125,9 +123,7 @@ def _read_cifar_members(spec: dict, source: Path) -> dict[str, bytes]:
         raise LortError(f"{source}: truncated or corrupt archive ({exc})") from None
     missing = [n for n in wanted if n not in out]
     if missing:
-        raise LortError(
-            f"{source}: archive lacks {', '.join(missing)}; truncated or not a CIFAR archive"
-        )
+        raise LortError(f"{source}: archive lacks {', '.join(missing)}; truncated or not a CIFAR archive")
     return out
 
 
@@ -150,9 +146,7 @@ def _decode_cifar(spec: dict, source: Path) -> dict[str, np.ndarray]:
         arrays[f"{split}_images"] = np.concatenate(images)
         arrays[f"{split}_labels"] = np.concatenate(labels)
     meta = _unpickle(members[spec["meta"]], f"{source}/{spec['meta']}")
-    names = [
-        n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(spec["names_key"], [])
-    ]
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(spec["names_key"], [])]
     if not names:
         raise LortError(f"{source}/{spec['meta']}: no class names ({spec['names_key']})")
     arrays["classes"] = np.asarray(names)
@@ -160,9 +154,7 @@ def _decode_cifar(spec: dict, source: Path) -> dict[str, np.ndarray]:
         lab = arrays[f"{split}_labels"]
         bad = np.flatnonzero((lab < 0) | (lab >= len(names)))
         if len(bad):
-            raise LortError(
-                f"{source}: {split} label {lab[bad[0]]} at index {bad[0]} outside [0, {len(names)})"
-            )
+            raise LortError(f"{source}: {split} label {lab[bad[0]]} at index {bad[0]} outside [0, {len(names)})")
     return arrays
 
 
@@ -180,9 +172,7 @@ def _fingerprint(path: Path) -> str:
     return h.hexdigest()[:32]
 
 
-def read_cifar(
-    name: str, root: str | os.PathLike | None = None, download_ok: bool = False
-) -> RawDataset:
+def read_cifar(name: str, root: str | os.PathLike | None = None, download_ok: bool = False) -> RawDataset:
     """CIFAR-10 or CIFAR-100 from the official python archive (or its extracted folder).
 
     Also accepts an image-folder copy (``cifar10-jpg.tar.gz`` or ``cifar10-jpg/``) when
@@ -192,9 +182,7 @@ def read_cifar(
     if name not in CIFAR:
         raise LortError(f"unknown CIFAR dataset {name!r}; choose cifar10 or cifar100")
     spec = CIFAR[name]
-    root_path = (
-        data_root(root) if (root or os.environ.get("LORT_DATA") or not download_ok) else None
-    )
+    root_path = data_root(root) if (root or os.environ.get("LORT_DATA") or not download_ok) else None
     if root_path is None:
         root_path = Path.home() / ".cache" / "lort" / "downloads"
         root_path.mkdir(parents=True, exist_ok=True)
@@ -219,8 +207,7 @@ def read_cifar(
     arrays = cached_arrays(key, lambda: _decode_cifar(spec, source))
     classes = [str(c) for c in arrays["classes"]]
     splits = {
-        s: Split(labels=np.asarray(arrays[f"{s}_labels"]), images=arrays[f"{s}_images"])
-        for s in ("train", "test")
+        s: Split(labels=np.asarray(arrays[f"{s}_labels"]), images=arrays[f"{s}_images"]) for s in ("train", "test")
     }
     return RawDataset(name=name, classes=classes, splits=splits, source=str(source))
 
@@ -228,9 +215,7 @@ def read_cifar(
 # --------------------------------------------------------------------------- image folders
 
 
-def _decode_image(
-    data: bytes | Path, where: str, size: tuple[int, int] | None = None
-) -> np.ndarray:
+def _decode_image(data: bytes | Path, where: str, size: tuple[int, int] | None = None) -> np.ndarray:
     try:
         img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
         img = img.convert("RGB")
@@ -275,9 +260,7 @@ def _tree_entries(source: Path) -> dict[str, dict[str, list[str]]]:
     return tree
 
 
-def _decode_tree(
-    source: Path, tree: dict, classes: list[str], splits: list[str]
-) -> dict[str, np.ndarray]:
+def _decode_tree(source: Path, tree: dict, classes: list[str], splits: list[str]) -> dict[str, np.ndarray]:
     index = {c: i for i, c in enumerate(classes)}
     wanted = {rel for s in splits for files in tree[s].values() for rel in files}
     blobs: dict[str, bytes] = {}
@@ -305,9 +288,7 @@ def _decode_tree(
         images, labels = [], []
         for cls in classes:
             for rel in tree[split].get(cls, []):
-                img = _decode_image(
-                    read(rel), f"{source}/{rel}" if source.is_file() else str(source / rel), size
-                )
+                img = _decode_image(read(rel), f"{source}/{rel}" if source.is_file() else str(source / rel), size)
                 if size is None:
                     size = (img.shape[1], img.shape[0])
                 images.append(img)
@@ -317,9 +298,7 @@ def _decode_tree(
     return arrays
 
 
-def read_image_folder(
-    root: str | os.PathLike, name: str | None = None, cache: str = "auto"
-) -> RawDataset:
+def read_image_folder(root: str | os.PathLike, name: str | None = None, cache: str = "auto") -> RawDataset:
     """An image-folder tree ``root/{train,test[,val]}/<class>/<image>``, or a .tar.gz of one.
 
     Classes are the sorted folder names of ``train``; files are taken in sorted name
@@ -354,9 +333,7 @@ def read_image_folder(
         cache = "always" if small else "never"
     if cache == "never":
         if source.is_file():
-            raise LortError(
-                f"{source}: large images cannot be streamed from an archive; extract it first"
-            )
+            raise LortError(f"{source}: large images cannot be streamed from an archive; extract it first")
         index = {c: i for i, c in enumerate(classes)}
         out = {}
         for split in splits:
@@ -369,10 +346,7 @@ def read_image_folder(
         return RawDataset(name=name, classes=classes, splits=out, source=str(source))
     key = f"imagefolder-{_fingerprint(source)}"
     arrays = cached_arrays(key, lambda: _decode_tree(source, tree, classes, splits))
-    out = {
-        s: Split(labels=np.asarray(arrays[f"{s}_labels"]), images=arrays[f"{s}_images"])
-        for s in splits
-    }
+    out = {s: Split(labels=np.asarray(arrays[f"{s}_labels"]), images=arrays[f"{s}_images"]) for s in splits}
     return RawDataset(name=name, classes=classes, splits=out, source=str(source))
 
 
@@ -425,16 +399,12 @@ def read_list_file(
             continue
         parts = stripped.rsplit(None, 1)
         if len(parts) != 2:
-            raise LortError(
-                f"{list_path}:{lineno}: expected 'relative/path label', got {stripped!r}"
-            )
+            raise LortError(f"{list_path}:{lineno}: expected 'relative/path label', got {stripped!r}")
         rel, label_text = parts
         try:
             label = int(label_text)
         except ValueError:
-            raise LortError(
-                f"{list_path}:{lineno}: label {label_text!r} is not an integer"
-            ) from None
+            raise LortError(f"{list_path}:{lineno}: label {label_text!r} is not an integer") from None
         if label < 0 or (num_classes is not None and label >= num_classes):
             bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
             raise LortError(f"{list_path}:{lineno}: label {label} outside {bound}")
@@ -469,13 +439,8 @@ def read_list_dataset(
     if "train" not in lists or "test" not in lists:
         raise LortError(f"{name}: list files for both train and test are required")
     num_classes = num_classes or spec.get("num_classes")
-    splits = {
-        split: read_list_file(path, image_root, num_classes, check_files)
-        for split, path in lists.items()
-    }
+    splits = {split: read_list_file(path, image_root, num_classes, check_files) for split, path in lists.items()}
     if num_classes is None:
         num_classes = int(max(s.labels.max() for s in splits.values())) + 1
     classes = [str(i) for i in range(num_classes)]
-    return RawDataset(
-        name=name, classes=classes, splits=splits, source=str(image_root), long_tailed=True
-    )
+    return RawDataset(name=name, classes=classes, splits=splits, source=str(image_root), long_tailed=True)

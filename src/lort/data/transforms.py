@@ -21,9 +21,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def random_resized_crop(
-    img: Image.Image, size: int, rng: random.Random, scale=(0.08, 1.0)
-) -> Image.Image:
+def random_resized_crop(img: Image.Image, size: int, rng: random.Random, scale=(0.08, 1.0)) -> Image.Image:
     w, h = img.size
     area = w * h
     log_ratio = (math.log(3 / 4), math.log(4 / 3))
@@ -63,9 +61,7 @@ class ImagePathDataset(torch.utils.data.Dataset):
     reproducible whatever the number of workers; call :meth:`set_epoch` each epoch.
     """
 
-    def __init__(
-        self, paths: list[str], labels: np.ndarray, train: bool, size: int = 224, seed: int = 0
-    ):
+    def __init__(self, paths: list[str], labels: np.ndarray, train: bool, size: int = 224, seed: int = 0):
         self.paths = paths
         self.labels = np.asarray(labels, dtype=np.int64)
         self.train = train

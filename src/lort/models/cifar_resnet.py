@@ -51,9 +51,7 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(LortModel):
-    def __init__(
-        self, blocks: list[int], widths: list[int], num_classes: int, shortcut: str
-    ) -> None:
+    def __init__(self, blocks: list[int], widths: list[int], num_classes: int, shortcut: str) -> None:
         super().__init__(widths[-1], num_classes)
         self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])

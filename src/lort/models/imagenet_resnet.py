@@ -14,9 +14,7 @@ from .registry import register_model
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(
-        self, in_planes: int, planes: int, stride: int, groups: int, base_width: int
-    ) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int, groups: int, base_width: int) -> None:
         super().__init__()
         width = int(planes * base_width / 64) * groups
         out = planes * self.expansion
@@ -28,9 +26,7 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(out)
         self.downsample: nn.Module = nn.Identity()
         if stride != 1 or in_planes != out:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_planes, out, 1, stride, bias=False), nn.BatchNorm2d(out)
-            )
+            self.downsample = nn.Sequential(nn.Conv2d(in_planes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.bn1(self.conv1(x)))
@@ -40,9 +36,7 @@ class Bottleneck(nn.Module):
 
 
 class ImageNetResNet(LortModel):
-    def __init__(
-        self, blocks: list[int], num_classes: int, groups: int = 1, base_width: int = 64
-    ) -> None:
+    def __init__(self, blocks: list[int], num_classes: int, groups: int = 1, base_width: int = 64) -> None:
         super().__init__(512 * Bottleneck.expansion, num_classes)
         self.stem = nn.Sequential(
             nn.Conv2d(3, 64, 7, 2, 3, bias=False),
@@ -55,11 +49,7 @@ class ImageNetResNet(LortModel):
         for i, n in enumerate(blocks):
             planes = 64 * 2**i
             for j in range(n):
-                layers.append(
-                    Bottleneck(
-                        in_planes, planes, 2 if (j == 0 and i > 0) else 1, groups, base_width
-                    )
-                )
+                layers.append(Bottleneck(in_planes, planes, 2 if (j == 0 and i > 0) else 1, groups, base_width))
                 in_planes = planes * Bottleneck.expansion
         self.layers = nn.Sequential(*layers)
         init_weights(self)

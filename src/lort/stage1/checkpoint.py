@@ -55,9 +55,7 @@ def load_model(path: str | Path, arch: str | None = None, num_classes: int | Non
     if arch is not None and ckpt["arch"] != arch:
         raise LortError(f"{path}: checkpoint is a {ckpt['arch']}, expected {arch}")
     if num_classes is not None and ckpt["num_classes"] != num_classes:
-        raise LortError(
-            f"{path}: checkpoint has {ckpt['num_classes']} classes, the dataset {num_classes}"
-        )
+        raise LortError(f"{path}: checkpoint has {ckpt['num_classes']} classes, the dataset {num_classes}")
     model = create_model(ckpt["arch"], ckpt["num_classes"])
     load_model_state(model, ckpt["model"], str(path))
     return model, ckpt

@@ -120,9 +120,7 @@ def predict(
     outs = []
     batches = eval_batches(split, batch_size, input_size, workers)
     for x, _ in tqdm(batches, desc=desc, disable=desc is None, leave=False, unit="batch"):
-        x = x.to(
-            device, memory_format=torch.channels_last if channels_last else torch.contiguous_format
-        )
+        x = x.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         outs.append(fn(x).float().cpu())
     return torch.cat(outs).numpy()
 
@@ -223,9 +221,7 @@ def _check_out_dir(out: Path, cfg: RunConfig, resume: bool) -> dict | None:
                 raise LortError(f"{out} already holds a different run; choose another --out")
         return None
     if not resume:
-        raise LortError(
-            f"{out} already holds a run (last.pt); pass --resume to continue it or choose another --out"
-        )
+        raise LortError(f"{out} already holds a run (last.pt); pass --resume to continue it or choose another --out")
     ckpt = read_checkpoint(last)
     saved, now = ckpt.get("config", {}), to_dict(cfg)
     for section in ("data", "stage1"):
@@ -261,9 +257,7 @@ def train(
         cleanup(info)
 
 
-def _train(
-    cfg: RunConfig, out: Path, resume: bool, dataset: LongTailedDataset | None, info: DistInfo
-) -> dict:
+def _train(cfg: RunConfig, out: Path, resume: bool, dataset: LongTailedDataset | None, info: DistInfo) -> dict:
     s1 = cfg.stage1
     if (out / "summary.json").exists() and resume:
         return json.loads((out / "summary.json").read_text())
@@ -280,14 +274,10 @@ def _train(
     steps = math.ceil(len(_shard(len(ds.train), seeded(0), info, s1.batch_size)) / s1.batch_size)
     if s1.steps_per_epoch:
         steps = min(steps, s1.steps_per_epoch)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=s1.lr, momentum=s1.momentum, weight_decay=s1.weight_decay
-    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=s1.lr, momentum=s1.momentum, weight_decay=s1.weight_decay)
     total = steps * s1.epochs
     warm = steps * s1.warmup_epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: cosine_factor(step, total, warm)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total, warm))
     scaler = torch.amp.GradScaler("cuda", enabled=s1.amp == "fp16" and info.device.type == "cuda")
     start_epoch, best = 0, {"epoch": None, "val_balanced_acc": -1.0}
     if ckpt is not None:
@@ -321,9 +311,7 @@ def _train(
     for epoch in range(start_epoch, s1.epochs):
         batches = train_batches(ds.train, epoch, cfg, info, input_size)
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-        record |= train_one_epoch(
-            train_fn, classifier, batches, optimizer, scheduler, scaler, cfg, info, epoch, steps
-        )
+        record |= train_one_epoch(train_fn, classifier, batches, optimizer, scheduler, scaler, cfg, info, epoch, steps)
         if (
             info.is_main
             and ds.val is not None
@@ -331,9 +319,7 @@ def _train(
             and ((epoch + 1) % s1.eval_every == 0 or epoch + 1 == s1.epochs)
         ):
             raw_model.eval()
-            logits = predict(
-                raw_model, ds.val, s1.eval_batch_size, info.device, input_size, 0, s1.channels_last
-            )
+            logits = predict(raw_model, ds.val, s1.eval_batch_size, info.device, input_size, 0, s1.channels_last)
             rep = accuracy_report(logits, ds.val.labels, counts)
             record |= {f"val_{k}": v for k, v in rep.items() if k != "per_class"}
         if info.is_main:
@@ -355,17 +341,16 @@ def _train(
                 "train_counts": counts.tolist(),
             }
             if improved:
-                save_checkpoint(
-                    out / "best.pt", **{k: v for k, v in state.items() if k not in ("optimizer",)}
-                )
+                save_checkpoint(out / "best.pt", **{k: v for k, v in state.items() if k not in ("optimizer",)})
             save_checkpoint(out / "last.pt", **state)
             _append_jsonl(metrics_path, record)
             val = record.get("val_balanced_acc")
             tqdm.write(
                 f"epoch {epoch + 1}/{s1.epochs}  loss {record['train_loss']:.4f}  train acc {record['train_acc']:.3f}"
                 + (
-                    f"  val acc {val:.3f} (many {record['val_many']}, medium {record['val_medium']}, "
-                    f"few {record['val_few']})"
+                    f"  val acc {val:.3f} ("
+                    + ", ".join(f"{g} {_pct(record['val_' + g])}" for g in ("many", "medium", "few"))
+                    + ")"
                     if val is not None
                     else ""
                 )
@@ -374,6 +359,10 @@ def _train(
         barrier(info)
     summary = _finish(raw_model, ds, cfg, out, info, best, input_size)
     return summary
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def _replica_checksum(model: nn.Module, info: DistInfo) -> list[float]:
@@ -403,9 +392,7 @@ def _finish(
     load_model_state(model, ckpt["model"], str(out / selected))
     model.eval()
     s1 = cfg.stage1
-    logits = predict(
-        model, ds.test, s1.eval_batch_size, info.device, input_size, 0, s1.channels_last
-    )
+    logits = predict(model, ds.test, s1.eval_batch_size, info.device, input_size, 0, s1.channels_last)
     test = accuracy_report(logits, ds.test.labels, ds.train_counts)
     summary = {
         "model": s1.model,

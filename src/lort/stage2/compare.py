@@ -29,9 +29,7 @@ def balanced_accuracy(logits: torch.Tensor, labels: torch.Tensor, num_classes: i
         logits = logits.unsqueeze(0)
     correct = (logits.argmax(2) == labels).double()  # (G, N)
     total = torch.bincount(labels, minlength=num_classes).double()
-    hits = torch.zeros(len(correct), num_classes, dtype=torch.float64).index_add_(
-        1, labels, correct
-    )
+    hits = torch.zeros(len(correct), num_classes, dtype=torch.float64).index_add_(1, labels, correct)
     present = total > 0
     acc = (hits[:, present] / total[present]).mean(1)
     return acc[0] if single else acc
@@ -74,9 +72,7 @@ def context(fs: FeatureSet, schedule: Schedule, seed: int = 0) -> FitContext:
     k = fs.num_classes
     if fs.init_weight is not None:
         w = torch.as_tensor(fs.init_weight, dtype=torch.float32)
-        b = torch.as_tensor(
-            fs.init_bias if fs.init_bias is not None else np.zeros(k), dtype=torch.float32
-        )
+        b = torch.as_tensor(fs.init_bias if fs.init_bias is not None else np.zeros(k), dtype=torch.float32)
     else:
         w, b = torch.zeros(k, x.shape[1]), torch.zeros(k)
     return FitContext(
@@ -154,20 +150,14 @@ def fit_method(
         for point in settings:
             h = method.posthoc(method.build_head(ctx, [point]), ctx, point)
             value = (
-                float(balanced_accuracy(h(torch.as_tensor(val[0])), torch.as_tensor(val[1]), k)[0])
-                if has_val
-                else None
+                float(balanced_accuracy(h(torch.as_tensor(val[0])), torch.as_tensor(val[1]), k)[0]) if has_val else None
             )
             heads.append(h)
-            search.append(
-                {"hyperparameters": point, "epoch": None, "val_balanced_acc": value, "curve": []}
-            )
+            search.append({"hyperparameters": point, "epoch": None, "val_balanced_acc": value, "curve": []})
         best = max(range(len(settings)), key=lambda g: (search[g]["val_balanced_acc"] or 0.0, -g))
         chosen = heads[best]
     point, epoch = search[best]["hyperparameters"], search[best]["epoch"]
-    val_report = (
-        accuracy_report(logits_of(chosen, val[0]), val[1], fs.train_counts) if has_val else None
-    )
+    val_report = accuracy_report(logits_of(chosen, val[0]), val[1], fs.train_counts) if has_val else None
     if not has_val:
         point = point | {"note": "no validation split: nothing searched"}
     return MethodResult(

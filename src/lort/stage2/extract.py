@@ -63,9 +63,12 @@ def extract_features(
     seed: int = 0,
     workers: int = 0,
     progress: bool = False,
+    tta_flip: bool = False,
 ) -> FeatureSet:
     """A :class:`FeatureSet` of train (``views`` views: the plain image, then augmented
-    ones), val and test features, with the model's classifier as ``init_weight``."""
+    ones), val and test features, with the model's classifier as ``init_weight``.
+    ``tta_flip`` (off by default) averages the val/test features of each image and its
+    horizontal flip; it is recorded in the feature set and in every report."""
     splits = {}
     xs, ys = [], []
     for v in range(views):
@@ -79,6 +82,9 @@ def extract_features(
         if split is not None and len(split):
             feats = split_features(model, split, batch_size, device, input_size, workers=workers,
                                    desc=f"{name} features" if progress else None)  # fmt: skip
+            if tta_flip:  # average with the flipped image: equal to averaging a linear classifier's logits
+                flipped = split_features(model, split, batch_size, device, input_size, flip=True, workers=workers)
+                feats = 0.5 * (feats + flipped)
             splits[name] = (feats, split.labels)
     fc = model.get_classifier()
     return FeatureSet(
@@ -86,5 +92,5 @@ def extract_features(
         classes=list(ds.classes),
         init_weight=fc.weight.detach().cpu().numpy().astype(np.float32),
         init_bias=fc.bias.detach().cpu().numpy().astype(np.float32),
-        meta={"views": views, "train_images": len(ds.train)},
+        meta={"views": views, "train_images": len(ds.train), "tta_flip": tta_flip},
     )

@@ -43,9 +43,7 @@ class LinearHead(Head):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.weight.shape[0]
-        return torch.baddbmm(
-            self.bias.unsqueeze(1), x.expand(g, *x.shape), self.weight.transpose(1, 2)
-        )
+        return torch.baddbmm(self.bias.unsqueeze(1), x.expand(g, *x.shape), self.weight.transpose(1, 2))
 
     def linear_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.weight.detach(), self.bias.detach()
@@ -58,9 +56,7 @@ class LWSHead(Head):
     """Learnable weight scaling (Kang et al., 2020): ``x @ (f * W).T + b`` with only the
     per-class scales ``f`` trained."""
 
-    def __init__(
-        self, weight: torch.Tensor, bias: torch.Tensor, groups: int = 1, scale=None
-    ) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, groups: int = 1, scale=None) -> None:
         super().__init__()
         self.register_buffer("weight", stacked(weight, groups, 2))
         self.register_buffer("bias", stacked(bias, groups, 1))
@@ -69,9 +65,7 @@ class LWSHead(Head):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight * self.scale.unsqueeze(2)
-        return torch.baddbmm(
-            self.bias.unsqueeze(1), x.expand(w.shape[0], *x.shape), w.transpose(1, 2)
-        )
+        return torch.baddbmm(self.bias.unsqueeze(1), x.expand(w.shape[0], *x.shape), w.transpose(1, 2))
 
     def linear_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         return (self.weight * self.scale.unsqueeze(2)).detach(), self.bias.detach()
@@ -83,9 +77,7 @@ class LWSHead(Head):
 class CosineHead(Head):
     """``scale * cos(x, W_k)``: normalised features and weights (LDAM's classifier, NCM)."""
 
-    def __init__(
-        self, weight: torch.Tensor, scale: float = 30.0, trainable: bool = True, groups: int = 1
-    ):
+    def __init__(self, weight: torch.Tensor, scale: float = 30.0, trainable: bool = True, groups: int = 1):
         super().__init__()
         self.weight = nn.Parameter(stacked(weight, groups, 2), requires_grad=trainable)
         self.scale = scale

@@ -20,9 +20,7 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.2f}"
     if isinstance(v, dict):
-        return ", ".join(
-            f"{k}={_fmt(x) if isinstance(x, float) and x >= 0.01 else x}" for k, x in v.items()
-        )
+        return ", ".join(f"{k}={_fmt(x) if isinstance(x, float) and x >= 0.01 else x}" for k, x in v.items())
     return str(v)
 
 
@@ -47,9 +45,7 @@ def rows(results: list[MethodResult]) -> list[dict]:
     return sorted((r.row() for r in results), key=lambda row: -(row["test_acc"] or 0.0))
 
 
-def markdown(
-    results: list[MethodResult], title: str = "Stage-2 leaderboard", notes: list[str] = ()
-) -> str:
+def markdown(results: list[MethodResult], title: str = "Stage-2 leaderboard", notes: list[str] = ()) -> str:
     header = ["method", "test acc", "many", "medium", "few", "val acc", "val many", "val medium", "val few",
               "epoch", "hyperparameters (chosen on validation)", "time (s)"]  # fmt: skip
     lines = [f"# {title}", ""]
@@ -90,16 +86,11 @@ def write_leaderboard(out: str | Path, results: list[MethodResult], fs: FeatureS
         save_npz(out / "logits" / f"{r.method}.npz", **arrays)
         if hasattr(r.head, "linear_params"):
             w, b = r.head.linear_params()
-            save_npz(
-                out / "classifiers" / f"{r.method}.npz", weight=w[0].numpy(), bias=b[0].numpy()
-            )
+            save_npz(out / "classifiers" / f"{r.method}.npz", weight=w[0].numpy(), bias=b[0].numpy())
     payload = {
         **meta,
         "verdict": verdict(results),
-        "results": [
-            r.row() | {"title": r.title, "val": r.val, "test": r.test, "search": r.search}
-            for r in results
-        ],
+        "results": [r.row() | {"title": r.title, "val": r.val, "test": r.test, "search": r.search} for r in results],
     }
     write_json(out / "leaderboard.json", payload)
     write_text(out / "leaderboard.csv", to_csv(results))

@@ -45,9 +45,7 @@ def lort_target(labels: torch.Tensor, num_classes: int, smooth: float) -> torch.
     return target
 
 
-def soft_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, sample_weight=None
-) -> torch.Tensor:
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, sample_weight=None) -> torch.Tensor:
     per_sample = -(target * F.log_softmax(logits, dim=1)).sum(dim=1)
     if sample_weight is None:
         return per_sample.mean()
@@ -101,9 +99,7 @@ def inverse_frequency_weights(counts: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(w / w.mean(), dtype=torch.float32)
 
 
-def focal_loss(
-    logits: torch.Tensor, labels: torch.Tensor, gamma: float, weight=None
-) -> torch.Tensor:
+def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float, weight=None) -> torch.Tensor:
     """Focal loss (Lin et al., 2017): ``-(1 - p_y)^gamma log p_y``."""
     logp = F.log_softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)
     loss = -((1.0 - logp.exp()) ** gamma) * logp
@@ -128,9 +124,7 @@ def label_aware_smoothing(counts: np.ndarray, head: float, tail: float) -> torch
     return torch.as_tensor(eps, dtype=torch.float32)
 
 
-def smoothed_target(
-    labels: torch.Tensor, num_classes: int, eps_per_class: torch.Tensor
-) -> torch.Tensor:
+def smoothed_target(labels: torch.Tensor, num_classes: int, eps_per_class: torch.Tensor) -> torch.Tensor:
     eps = eps_per_class[labels][:, None]
     onehot = F.one_hot(labels, num_classes).float()
     return (1.0 - eps) * onehot + eps / num_classes
@@ -158,9 +152,7 @@ def grouped_soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> to
     return -(target * F.log_softmax(logits, dim=2)).sum(2).mean(1)
 
 
-def grouped_lort_target(
-    labels: torch.Tensor, num_classes: int, smooth: torch.Tensor
-) -> torch.Tensor:
+def grouped_lort_target(labels: torch.Tensor, num_classes: int, smooth: torch.Tensor) -> torch.Tensor:
     """LORT targets for G smoothing values ``smooth`` (G,): ``(G, B, K)``."""
     s = smooth.view(-1, 1, 1)
     onehot = F.one_hot(labels, num_classes).float().unsqueeze(0)

@@ -51,10 +51,7 @@ class Method:
     def grid_points(self, overrides: dict[str, list] | None = None) -> list[dict[str, Any]]:
         grid = {**self.grid, **{k: v for k, v in (overrides or {}).items() if k in self.grid}}
         keys = list(grid)
-        return [
-            dict(zip(keys, values, strict=True))
-            for values in itertools.product(*(grid[k] for k in keys))
-        ]
+        return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
 
     # Each piece receives the list of G hyperparameter settings trained side by side.
 
@@ -128,9 +125,7 @@ class LORT(Method):
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
         k = ctx.num_classes
         smooth = torch.tensor([self.smooth_value(hp, k) for hp in hps])
-        return lambda logits, y, epoch: L.grouped_soft_cross_entropy(
-            logits, L.grouped_lort_target(y, k, smooth)
-        )
+        return lambda logits, y, epoch: L.grouped_soft_cross_entropy(logits, L.grouped_lort_target(y, k, smooth))
 
     def grid_points(self, overrides: dict[str, list] | None = None) -> list[dict[str, Any]]:
         """``smooth`` values, or — given ``target_ratio`` values — the K-independent ratios."""
@@ -259,9 +254,7 @@ class LabelAwareSmoothing(Method):
     grid = {"smooth_head_tail": [(0.3, 0.0), (0.4, 0.1)]}
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
-        eps = torch.stack(
-            [L.label_aware_smoothing(ctx.counts, *hp["smooth_head_tail"]) for hp in hps]
-        )
+        eps = torch.stack([L.label_aware_smoothing(ctx.counts, *hp["smooth_head_tail"]) for hp in hps])
         k = ctx.num_classes
 
         def fn(logits, y, epoch):
@@ -331,6 +324,4 @@ class NearestClassMean(Method):
     def posthoc(self, head: Head, ctx: FitContext, hp: dict) -> Head:
         feats = F.normalize(ctx.x, dim=1)
         means = torch.zeros(ctx.num_classes, feats.shape[1]).index_add_(0, ctx.y, feats)
-        return CosineHead(
-            means / torch.as_tensor(ctx.counts, dtype=torch.float32)[:, None], 1.0, trainable=False
-        )
+        return CosineHead(means / torch.as_tensor(ctx.counts, dtype=torch.float32)[:, None], 1.0, trainable=False)

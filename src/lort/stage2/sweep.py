@@ -23,13 +23,8 @@ def smoothing_sweep(fs: FeatureSet, schedule: Schedule | None = None, smooth=SMO
     epoch chosen on validation, validation and test accuracy of each point."""
     schedule = schedule or Schedule()
     k = fs.num_classes
-    points = [
-        {"smooth": float(s), "target_ratio": ratio_from_smooth(s, k), "set_by": "s"} for s in smooth
-    ]
-    points += [
-        {"smooth": smooth_from_ratio(r, k), "target_ratio": float(r), "set_by": "ratio"}
-        for r in ratios
-    ]
+    points = [{"smooth": float(s), "target_ratio": ratio_from_smooth(s, k), "set_by": "s"} for s in smooth]
+    points += [{"smooth": smooth_from_ratio(r, k), "target_ratio": float(r), "set_by": "ratio"} for r in ratios]
     out = []
     for p in points:
         r = fit_method(
@@ -74,11 +69,7 @@ def sensitivity_grid(fs: FeatureSet, methods=("lort", "ce"), lrs=(5e-4, 2e-3, 5e
     for name in methods:
         method = get_method(name)
         cells = [{"lr": lr, "weight_decay": wd} for lr in lrs for wd in weight_decays]
-        hps = (
-            [{"smooth": smooth} | c for c in cells]
-            if name.startswith("lort")
-            else [dict(c) for c in cells]
-        )
+        hps = [{"smooth": smooth} | c for c in cells] if name.startswith("lort") else [dict(c) for c in cells]
         head, _ = fit_head(
             method.build_head(ctx, hps), ctx.x, ctx.y, method.loss(ctx, hps), schedule, method.sampler,
             lr=[c["lr"] for c in cells], weight_decay=[c["weight_decay"] for c in cells],

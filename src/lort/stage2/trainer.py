@@ -46,9 +46,7 @@ class Schedule:
             raise LortError(f"stage-2 momentum must lie in [0, 1), got {self.momentum!r}")
 
 
-def epoch_order(
-    labels: np.ndarray, sampler: str, gen: torch.Generator, num_classes: int
-) -> torch.Tensor:
+def epoch_order(labels: np.ndarray, sampler: str, gen: torch.Generator, num_classes: int) -> torch.Tensor:
     """Sample indices of one epoch (``len(labels)`` draws).
 
     ``natural``: a permutation. ``balanced``: class-balanced sampling (Kang et al., 2020) —
@@ -68,9 +66,7 @@ def epoch_order(
     classes = torch.multinomial(class_p, n, replacement=True, generator=gen)
     order = torch.as_tensor(np.argsort(labels, kind="stable"))
     starts = torch.as_tensor(np.concatenate([[0], np.cumsum(counts)[:-1]]))
-    offsets = (
-        torch.rand(n, generator=gen, dtype=torch.float64) * torch.as_tensor(counts)[classes]
-    ).long()
+    offsets = (torch.rand(n, generator=gen, dtype=torch.float64) * torch.as_tensor(counts)[classes]).long()
     return order[starts[classes] + offsets]
 
 
@@ -138,10 +134,7 @@ def fit_head(
     best_state = {name: t.detach().clone() for name, t in head.state_dict().items()}
     best_score = torch.full((groups,), -math.inf)
     scores, step = [], 0
-    views = [
-        (lr_g.view(groups, *[1] * (p.dim() - 1)), wd_g.view(groups, *[1] * (p.dim() - 1)))
-        for p in params
-    ]
+    views = [(lr_g.view(groups, *[1] * (p.dim() - 1)), wd_g.view(groups, *[1] * (p.dim() - 1))) for p in params]
     for epoch in range(schedule.epochs):
         order = epoch_order(labels_np, sampler, gen, k)
         head.train()
@@ -163,9 +156,7 @@ def fit_head(
                     p.sub_(factor * lr_v * buf)
                 if bound is not None:
                     w = head.weight
-                    w.mul_(
-                        torch.clamp(bound / w.norm(dim=2, keepdim=True).clamp_min(1e-12), max=1.0)
-                    )
+                    w.mul_(torch.clamp(bound / w.norm(dim=2, keepdim=True).clamp_min(1e-12), max=1.0))
             step += 1
         if score_fn is not None:
             head.eval()

@@ -23,8 +23,9 @@ from .methods import get_method, resolve_methods
 from .trainer import Schedule
 
 
-def features_from_checkpoint(checkpoint: str | Path, root: str | None = None, views: int = 1,
-                             progress: bool = False):  # fmt: skip
+def features_from_checkpoint(
+    checkpoint: str | Path, root: str | None = None, views: int = 1, progress: bool = False, tta_flip: bool = False
+):
     """Build the checkpoint's dataset (its saved data config; ``root`` may relocate it) and
     extract features with the frozen backbone in eval mode. Returns the feature set, the
     model (on CPU), the checkpoint and the dataset."""
@@ -34,13 +35,11 @@ def features_from_checkpoint(checkpoint: str | Path, root: str | None = None, vi
         data["root"] = root
     ds = build_dataset(DataConfig(**data))
     if ds.num_classes != ckpt["num_classes"]:
-        raise LortError(
-            f"{checkpoint}: {ckpt['num_classes']} classes, its dataset now has {ds.num_classes}"
-        )
+        raise LortError(f"{checkpoint}: {ckpt['num_classes']} classes, its dataset now has {ds.num_classes}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).to(memory_format=torch.channels_last)
     fs = extract_features(model, ds, views=views, device=device, input_size=model_input_size(ckpt["arch"]),
-                          progress=progress)  # fmt: skip
+                          progress=progress, tta_flip=tta_flip)  # fmt: skip
     fs.meta |= {"checkpoint": str(checkpoint), "dataset": ds.summary()}
     return fs, model.cpu(), ckpt, ds
 
@@ -48,15 +47,13 @@ def features_from_checkpoint(checkpoint: str | Path, root: str | None = None, vi
 def run_compare(fs: FeatureSet, methods: list[str], out: str | Path, schedule: Schedule,
                 lrs=DEFAULT_LRS, source: str = "", progress=None, train_source=None) -> tuple[list, Path]:  # fmt: skip
     t0 = time.perf_counter()
-    results = compare(
-        fs, resolve_methods(methods), schedule, lrs, progress=progress, train_source=train_source
-    )
+    results = compare(fs, resolve_methods(methods), schedule, lrs, progress=progress, train_source=train_source)
     meta = {
         "source": source,
         "schedule": dataclasses.asdict(schedule),
         "lrs": list(lrs) if lrs else [schedule.lr],
         "selection": "every hyperparameter and the epoch chosen on validation balanced accuracy; test evaluated once",
-        "tta": False,
+        "tta": bool(fs.meta.get("tta_flip", False)),
         "mode": "cache" if train_source is None else f"full (BatchNorm {train_source.bn_mode})",
         "num_classes": fs.num_classes,
         "train_counts": fs.train_counts.tolist(),
@@ -64,7 +61,7 @@ def run_compare(fs: FeatureSet, methods: list[str], out: str | Path, schedule: S
         "environment": environment(schedule.seed),
     }
     notes = [f"features: {source}", f"schedule: {dataclasses.asdict(schedule)}; learning rates searched: {meta['lrs']}",
-             f"mode: {meta['mode']}", "test-time augmentation: off"]  # fmt: skip
+             f"mode: {meta['mode']}", "test-time augmentation: " + ("ON (flip averaging)" if meta["tta"] else "off")]  # fmt: skip
     path = write_leaderboard(out, results, fs, meta, notes=notes)
     return results, path
 
@@ -85,17 +82,13 @@ def run_retrain(fs: FeatureSet, method: str, out: str | Path, schedule: Schedule
     write_leaderboard(out, [result], fs, meta, title=f"Re-trained classifier: {method}")
     if model is not None and ckpt is not None:
         if not hasattr(result.head, "linear_params") or method in ("ldam_drw", "ncm"):
-            raise LortError(
-                f"method {method} does not produce a plain linear classifier; no model.pt written"
-            )
+            raise LortError(f"method {method} does not produce a plain linear classifier; no model.pt written")
         w, b = result.head.linear_params()
         fc = model.get_classifier()
         with torch.no_grad():
             fc.weight.copy_(w[0])
             fc.bias.copy_(b[0])
-        state = {
-            k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler", "scaler", "model")
-        }
+        state = {k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler", "scaler", "model")}
         save_torch(out / "model.pt", state | {"model": model.state_dict(), "stage2": result.row()})
     write_json(out / "summary.json", result.row() | {"val": result.val, "test": result.test})
     return result, markdown([result], f"Re-trained classifier: {method}")
@@ -113,12 +106,8 @@ def load_feature_source(
         raise LortError(f"mode must be cache or full, got {mode!r}")
     if features:
         if mode == "full":
-            raise LortError(
-                "full mode runs the backbone every epoch: give --checkpoint, not --features"
-            )
+            raise LortError("full mode runs the backbone every epoch: give --checkpoint, not --features")
         return load_features(features), None, None, str(features), None
     fs, model, ckpt, ds = features_from_checkpoint(checkpoint, root, views, progress=True)
-    train_source = (
-        BackboneFeatures(model, ds.train.images, bn_mode, seed) if mode == "full" else None
-    )
+    train_source = BackboneFeatures(model, ds.train.images, bn_mode, seed) if mode == "full" else None
     return fs, model, ckpt, str(checkpoint), train_source

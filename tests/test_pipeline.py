@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lort.cli import main
+from lort.config import load_config
+from lort.pipeline import run_pipeline
+
+from .conftest import make_cifar_archive
+
+
+def _cfg(root, **extra):
+    over = {
+        "data.root": str(root), "data.max_per_class": 40, "data.imbalance_ratio": 10, "data.val_per_class": 4,
+        "stage1.epochs": 2, "stage1.batch_size": 16, "stage1.eval_batch_size": 64,
+        "stage2.epochs": 3, "stage2.lrs": [0.005],
+    }  # fmt: skip
+    over.update(extra)
+    return load_config(None, over)
+
+
+def test_pipeline_end_to_end_and_rerun_skips_done_steps(tmp_path, capsys):
+    make_cifar_archive(tmp_path, "cifar10", 50, 5)
+    out = tmp_path / "run"
+    result = run_pipeline(_cfg(tmp_path), out, "lort run test")
+    for name in ("config.yaml", "dataset.json", "environment.json", "features.npz", "analysis.json",
+                 "compare/leaderboard.md", "compare/leaderboard.csv", "sweep.json", "sensitivity.json",
+                 "report.html", "report.md", "stage1/summary.json"):  # fmt: skip
+        assert (out / name).is_file(), name
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 5 and "Leaderboard" in page and "lort run test" in page
+    for png in (out / "figures").glob("*.png"):
+        with Image.open(png) as img:
+            assert img.format == "PNG" and img.size[0] >= 400 and img.size[1] >= 250, png
+    assert result["report"] == out / "report.html"
+    stamp = {
+        p: p.stat().st_mtime_ns
+        for p in [
+            out / "features.npz",
+            out / "stage1" / "last.pt",
+            out / "compare" / "leaderboard.json",
+        ]
+    }
+    run_pipeline(_cfg(tmp_path), out, "lort run test")
+    assert all(p.stat().st_mtime_ns == t for p, t in stamp.items())  # nothing recomputed
+    # a damaged feature cache is rebuilt, not trusted
+    data = (out / "features.npz").read_bytes()
+    (out / "features.npz").write_bytes(data[:-100])
+    run_pipeline(_cfg(tmp_path), out, "lort run test")
+    assert (out / "features.npz").read_bytes() == data
+    assert json.loads((out / "commands.json").read_text()) == ["lort run test"] * 3
+
+
+def test_pipeline_refuses_a_folder_holding_a_different_run(tmp_path, capsys):
+    make_cifar_archive(tmp_path, "cifar10", 50, 2)
+    out = tmp_path / "run"
+    (out).mkdir()
+    (out / "config.yaml").write_text("data: {}\n")
+    code = main(["run", "--out", str(out), "--root", str(tmp_path), "--epochs", "1", "--set", "data.max_per_class=40",
+                 "--imbalance-ratio", "10"])  # fmt: skip
+    assert code == 2
+    assert "already holds a run with a different config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["data"], ["train"], ["extract"], ["retrain"], ["compare"], ["run"],
+                                     ["report"], ["analyze"], ["sweep"], ["methods"], ["data", "info"], ["data", "plot"]])  # fmt: skip
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: lort" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("lort 0.")
+
+
+def test_presets_load():
+    from pathlib import Path
+
+    presets = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
+    assert len(presets) >= 10
+    for p in presets:
+        load_config(p)
+
+
+def test_analyze_command_on_a_logits_file(tmp_path, capsys):
+    import numpy as np
+
+    z = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 0.5]])
+    np.savez(
+        tmp_path / "l.npz",
+        test_logits=z,
+        test_labels=np.array([0, 1, 1]),
+        train_counts=np.array([300, 10]),
+    )
+    assert main(["analyze", "--logits", str(tmp_path / "l.npz"), "--out", str(tmp_path / "a.json")]) == 0
+    rep = json.loads((tmp_path / "a.json").read_text())
+    assert rep["acc"] == pytest.approx(2 / 3) and rep["many"] == 1.0 and rep["few"] == 0.5
+    assert main(["analyze", "--logits", str(tmp_path / "missing.npz")]) == 2
+
+
+def test_full_mode_retrain_runs_the_backbone_and_writes_the_model(tmp_path, capsys):
+    """The reference protocol (augmented images through the frozen backbone) on a tiny run."""
+    import torch
+
+    from lort.stage1.checkpoint import load_model
+    from lort.stage1.train import train
+
+    make_cifar_archive(tmp_path, "cifar10", 50, 3)
+    train(_cfg(tmp_path, **{"stage1.epochs": 1}), tmp_path / "s1")
+    out = tmp_path / "full"
+    code = main(["retrain", "--checkpoint", str(tmp_path / "s1" / "best.pt"), "--mode", "full", "--bn-mode", "train",
+                 "--smooth", "0.9", "--epochs", "2", "--lr", "0.01", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert board["results"][0]["epoch"] in (1, 2)
+    model, _ = load_model(out / "model.pt")
+    clf = np.load(out / "classifiers" / "lort.npz")
+    assert torch.allclose(model.get_classifier().weight, torch.as_tensor(clf["weight"]))
+    before, _ = load_model(tmp_path / "s1" / "best.pt")
+    assert not torch.equal(before.get_classifier().weight, model.get_classifier().weight)
+    assert main(["compare", "--features", str(tmp_path / "x.npz"), "--mode", "full", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_report_renders_in_headless_chromium(tmp_path):
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (scripts/ensure-chromium installs Debian's package when it can)")
+    make_cifar_archive(tmp_path, "cifar10", 50, 3)
+    out = tmp_path / "run"
+    run_pipeline(_cfg(tmp_path), out, "lort run test")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    url = (out / "report.html").as_uri()
+    dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-1000:]
+    assert "Leaderboard" in dom.stdout and dom.stdout.count("<img") >= 5 and "<table>" in dom.stdout
+    shot = tmp_path / "page.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,2400", url],
+                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    with Image.open(shot) as img:
+        arr = np.asarray(img.convert("L"), dtype=float)
+    assert arr.shape == (2400, 1200) and arr.std() > 10  # a rendered page, not a blank one
