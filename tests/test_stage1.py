@@ -201,3 +201,19 @@ def test_short_run_on_shared_cifar10_learns(tmp_path, shared_cifar10_cache, monk
     assert best_val > 0.20, metrics  # chance is 0.10; this run reached 0.255 here
     assert summary["test"]["acc"] > 0.20
     assert metrics[-1]["val_balanced_acc"] > metrics[0]["val_balanced_acc"]
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    make_cifar_archive(tmp_path, "cifar10", 50, 1)
+    out = tmp_path / "run"
+    train(_small_config(tmp_path, **{"stage1.epochs": 1}), out)
+    good = (out / "last.pt").read_bytes()
+    cfg = _small_config(
+        tmp_path, **{"stage1.epochs": 3, "stage1.lr": 1e30, "stage1.amp": "none", "stage1.steps_per_epoch": 3}
+    )
+    with pytest.raises(
+        LortError, match=r"stage 1 loss became (nan|inf) at epoch \d+ step \d+; the last good checkpoint is kept"
+    ):
+        train(cfg, tmp_path / "run2")
+    assert (out / "last.pt").read_bytes() == good
+    assert not (tmp_path / "run2" / "last.pt").exists() or read_checkpoint(tmp_path / "run2" / "last.pt")["epoch"] >= 1
