@@ -20,7 +20,7 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.2f}"
     if isinstance(v, dict):
-        return ", ".join(f"{k}={_fmt(x) if isinstance(x, float) and x >= 0.01 else x}" for k, x in v.items())
+        return ", ".join(f"{k}={x:g}" if isinstance(x, float) else f"{k}={x}" for k, x in v.items())
     return str(v)
 
 

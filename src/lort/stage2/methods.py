@@ -77,6 +77,7 @@ class Method:
 
 
 METHODS: dict[str, Method] = {}
+TAU_GRID = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0]  # post-hoc tau values searched on validation
 
 
 def register_method(cls: type[Method]) -> type[Method]:
@@ -176,7 +177,7 @@ class TauNorm(Method):
     title = "tau-normalisation"
     source = "Kang et al. (ICLR 2020): W_k / ||W_k||^tau, bias dropped, no training"
     trains = False
-    grid = {"tau": [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0]}
+    grid = {"tau": TAU_GRID}
 
     def posthoc(self, head: Head, ctx: FitContext, hp: dict) -> Head:
         w = ctx.init_weight
@@ -236,7 +237,7 @@ class LogitAdjustmentPosthoc(Method):
     title = "Post-hoc logit adjustment"
     source = "Menon et al. (ICLR 2021): stage-1 logits minus tau * log prior, no training"
     trains = False
-    grid = {"tau": [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0]}
+    grid = {"tau": TAU_GRID}
 
     def posthoc(self, head: Head, ctx: FitContext, hp: dict) -> Head:
         return LinearHead(ctx.init_weight, ctx.init_bias - hp["tau"] * L.log_prior(ctx.counts))
