@@ -310,3 +310,11 @@ def test_data_plot_writes_a_png(tmp_path, capsys):
 
     with Image.open(out) as img:
         assert img.format == "PNG" and img.size[0] > 300 and img.size[1] > 200
+
+
+def test_profile_none_keeps_the_source_distribution_minus_validation(tmp_path):
+    root = make_image_tree(tmp_path / "tree", {"a": (30, 1), "b": (8, 1), "c": (2, 1)})
+    ds = make_long_tailed(read_image_folder(root), profile="none", val_per_class=5)
+    assert ds.train_counts.tolist() == [25, 3, 1]
+    assert ds.val.counts(3).tolist() == [5, 5, 1]
+    assert not set(ds.train.source_index) & set(ds.val.source_index)

@@ -152,3 +152,45 @@ def test_report_renders_in_headless_chromium(tmp_path):
     with Image.open(shot) as img:
         arr = np.asarray(img.convert("L"), dtype=float)
     assert arr.shape == (2400, 1200) and arr.std() > 10  # a rendered page, not a blank one
+
+
+def test_tta_flip_is_off_by_default_and_reported_when_on(tmp_path, capsys):
+    from lort.stage1.train import train
+
+    make_cifar_archive(tmp_path, "cifar10", 50, 3)
+    train(_cfg(tmp_path, **{"stage1.epochs": 1}), tmp_path / "s1")
+    for flag, expect in (([], False), (["--tta-flip"], True)):
+        feats = tmp_path / f"f{len(flag)}.npz"
+        assert main(["extract", "--checkpoint", str(tmp_path / "s1" / "best.pt"), "--out", str(feats), *flag]) == 0
+        out = tmp_path / f"cmp{len(flag)}"
+        assert main(["compare", "--features", str(feats), "--methods", "ce", "--epochs", "1", "--out", str(out)]) == 0
+        assert json.loads((out / "leaderboard.json").read_text())["tta"] is expect
+        assert ("test-time augmentation: ON" in (out / "leaderboard.md").read_text()) is expect
+    plain, flipped = np.load(tmp_path / "f0.npz"), np.load(tmp_path / "f1.npz")
+    assert np.array_equal(plain["train_features"], flipped["train_features"])  # train features untouched
+    assert not np.allclose(plain["test_features"], flipped["test_features"])
+
+
+@pytest.mark.slow
+def test_figures_of_a_short_real_cifar10_lt_run(short_cifar10_lt_run, tmp_path):
+    from lort.analysis.report import build_report
+    from lort.io import write_json
+    from lort.stage2 import Schedule
+    from lort.stage2.sweep import sensitivity_grid, smoothing_sweep
+    from lort.stage2.workflow import run_compare
+
+    fs = short_cifar10_lt_run["features"]
+    out = tmp_path / "cmp"
+    run_compare(fs, ["ce", "lort", "crt", "la_posthoc"], out, Schedule(epochs=5), (5e-4, 5e-3), "short run")
+    write_json(out / "sweep.json", smoothing_sweep(fs, Schedule(epochs=3), smooth=(0.0, 0.9, 0.98), ratios=(3.0,)))
+    write_json(out / "sensitivity.json", sensitivity_grid(fs, lrs=(5e-4, 5e-3), weight_decays=(0.0, 5e-3), epochs=2))
+    html, md = build_report(out)
+    names = {p.name for p in (out / "figures").glob("*.png")}
+    assert names == {"per_class_accuracy.png", "logits_magnitude_rsd.png", "sample_logits.png",
+                     "smoothing_sweep.png", "sensitivity.png", "class_counts.png"}  # fmt: skip
+    for name in names:
+        with Image.open(out / "figures" / name) as img:
+            assert img.size[0] >= 400 and img.size[1] >= 250 and np.asarray(img.convert("L")).std() > 5, name
+    analysis = json.loads((out / "analysis.json").read_text())
+    few = analysis["lort"]["group_means"]["logits_magnitude_normalized"]["few"]
+    assert few is not None  # the n_max-1000 profile has Few classes

@@ -217,3 +217,19 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
         train(cfg, tmp_path / "run2")
     assert (out / "last.pt").read_bytes() == good
     assert not (tmp_path / "run2" / "last.pt").exists() or read_checkpoint(tmp_path / "run2" / "last.pt")["epoch"] >= 1
+
+
+def test_large_images_stream_through_dataloader_workers(tmp_path):
+    """The 224-pixel path: an image-folder tree of large JPEGs, decoded by DataLoader
+    workers with the random-resized-crop transform, trained with a 224-pixel backbone."""
+    from .conftest import make_image_tree
+
+    root = make_image_tree(tmp_path / "big", {"a": (6, 2), "b": (3, 2)}, size=96, fmt="JPEG")
+    cfg = load_config(None, {
+        "data.dataset": "imagefolder", "data.root": str(root), "data.profile": "none", "data.val_per_class": 1,
+        "stage1.model": "resnet50", "stage1.epochs": 1, "stage1.batch_size": 2, "stage1.steps_per_epoch": 2,
+        "stage1.workers": 2, "stage1.eval_batch_size": 4, "stage1.amp": "none",
+    })  # fmt: skip
+    summary = train(cfg, tmp_path / "run")
+    assert summary["model"] == "resnet50" and summary["test"]["acc"] is not None
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["arch"] == "resnet50"

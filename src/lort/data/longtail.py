@@ -87,6 +87,8 @@ def make_long_tailed(
     ``n_max``) has fewer validation images; ``info['val_shortfall']`` names them. Pass
     a smaller ``max_per_class`` for a validation split balanced over every class.
 
+    Profile ``none`` keeps the source's own class distribution (every image but the
+    validation ones, at most ``max_per_class``): the choice for a user's own data.
     Sources that already are long-tailed (``raw.long_tailed``) keep their train split;
     their own ``val`` split, if any, is the validation split.
     """
@@ -110,7 +112,11 @@ def make_long_tailed(
         val = raw.splits.get("val")
     else:
         n_max = int(max_per_class) if max_per_class is not None else int(available.max())
-        counts = class_counts(profile, n_max, k, imbalance_ratio, step_fraction)
+        if profile == "none":  # keep the source's own distribution, minus the validation images
+            held = np.minimum(val_per_class, available - 1)
+            counts = [int(min(n_max, a - h)) for a, h in zip(available, held, strict=True)]
+        else:
+            counts = class_counts(profile, n_max, k, imbalance_ratio, step_fraction)
         short = [c for c in range(k) if counts[c] > available[c]]
         if short:
             c = short[0]

@@ -3,7 +3,7 @@
 ``exponential`` is the standard generator of CIFAR-LT (Cao et al., 2019, LDAM-DRW;
 also the profile of the public LOS/LORT code): ``n_k = floor(n_max * IR^(-k/(K-1)))``.
 ``step`` keeps ``n_max`` images for the first ``round(mu*K)`` classes and ``n_max/IR``
-for the rest. The float arithmetic mirrors the reference generator so that counts
+for the rest; ``none`` applies no profile. The float arithmetic mirrors the reference generator so that counts
 match published tables exactly (CIFAR-10-LT IR 100: 12,406 images; CIFAR-100-LT IR
 100: 10,847).
 """
