@@ -319,3 +319,11 @@ def test_lort_improves_few_class_accuracy_over_ce_on_real_features(short_cifar10
 
         evaluate_test(r, fs)
     assert lort.test["few"] > ce.test["few"] + 0.02, (ce.test, lort.test)
+
+
+def test_warm_start_methods_fit_a_ce_classifier_when_none_is_given(toy):
+    fs = FeatureSet(splits=dict(toy.splits), classes=toy.classes)  # no init_weight
+    r = fit_method(METHODS["lort"], fs, Schedule(epochs=3), lrs=(5e-3,))
+    assert "cross-entropy fit from zero" in fs.meta["init_classifier"]
+    acc = (logits_of(r.head, toy.splits["test"][0]).argmax(1) == toy.splits["test"][1]).mean()
+    assert acc > 0.5

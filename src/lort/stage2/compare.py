@@ -3,6 +3,7 @@ epoch on the validation split, then evaluate the test split once."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,8 +13,8 @@ import torch
 
 from ..analysis.metrics import accuracy_report
 from ..data.features import FeatureSet
-from ..errors import LortError
-from .heads import Head
+from .heads import Head, LinearHead
+from .losses import grouped_cross_entropy
 from .methods import FitContext, Method
 from .trainer import Schedule, fit_head
 
@@ -67,6 +68,31 @@ class MethodResult:
         }
 
 
+CE_INIT_LRS = (5e-3, 5e-2, 0.5)
+
+
+def ce_classifier(fs: FeatureSet, schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor]:
+    """A plain cross-entropy classifier fitted from zero on the training features, for
+    methods that warm-start when the features carry no classifier (``init_weight``).
+    Its learning rate (of ``CE_INIT_LRS``) and epoch are chosen on validation when there
+    is a validation split, else the middle rate and the last epoch are used."""
+    x, y = (torch.as_tensor(a) for a in fs.splits["train"])
+    k = fs.num_classes
+    val = fs.splits.get("val")
+    has_val = val is not None and len(val[1]) > 0
+    lrs = CE_INIT_LRS if has_val else CE_INIT_LRS[1:2]
+    xv, yv = (torch.as_tensor(a) for a in val) if has_val else (None, None)
+    head, curves = fit_head(
+        LinearHead(torch.zeros(k, x.shape[1]), torch.zeros(k), len(lrs)), x, y,
+        lambda logits, labels, epoch: grouped_cross_entropy(logits, labels), dataclasses.replace(schedule, epochs=max(schedule.epochs, 1)),
+        score_fn=(lambda h: balanced_accuracy(h(xv), yv, k)) if has_val else None, lr=list(lrs), num_classes=k,
+    )  # fmt: skip
+    g = int(np.argmax(curves.max(axis=0))) if len(curves) else 0
+    w, b = head.linear_params()
+    fs.meta["init_classifier"] = f"cross-entropy fit from zero (lr {lrs[g]:g}), no classifier was given"
+    return w[g].clone(), b[g].clone()
+
+
 def context(fs: FeatureSet, schedule: Schedule, seed: int = 0) -> FitContext:
     x, y = fs.splits["train"]
     k = fs.num_classes
@@ -74,7 +100,7 @@ def context(fs: FeatureSet, schedule: Schedule, seed: int = 0) -> FitContext:
         w = torch.as_tensor(fs.init_weight, dtype=torch.float32)
         b = torch.as_tensor(fs.init_bias if fs.init_bias is not None else np.zeros(k), dtype=torch.float32)
     else:
-        w, b = torch.zeros(k, x.shape[1]), torch.zeros(k)
+        w, b = ce_classifier(fs, schedule)
     return FitContext(
         x=torch.as_tensor(x),
         y=torch.as_tensor(y),
@@ -110,11 +136,6 @@ def fit_method(
     mode: :class:`lort.stage2.full.BackboneFeatures`)."""
     schedule = schedule or Schedule()
     ctx = ctx or context(fs, schedule, schedule.seed)
-    if fs.init_weight is None and method.name not in ("crt", "ncm"):
-        raise LortError(
-            f"method {method.name} starts from the stage-1 classifier, but the features carry none "
-            "(init_weight); use crt or ncm, or give a classifier"
-        )
     val = fs.splits.get("val")
     has_val = val is not None and len(val[1]) > 0
     k = fs.num_classes

@@ -18,6 +18,7 @@ from ..stage1.checkpoint import load_model
 from .compare import DEFAULT_LRS, compare, evaluate_test, fit_method
 from .extract import extract_features
 from .full import BackboneFeatures
+from .heads import LinearHead, LWSHead
 from .leaderboard import markdown, write_leaderboard
 from .methods import get_method, resolve_methods
 from .trainer import Schedule
@@ -54,6 +55,7 @@ def run_compare(fs: FeatureSet, methods: list[str], out: str | Path, schedule: S
         "lrs": list(lrs) if lrs else [schedule.lr],
         "selection": "every hyperparameter and the epoch chosen on validation balanced accuracy; test evaluated once",
         "tta": bool(fs.meta.get("tta_flip", False)),
+        "init_classifier": fs.meta.get("init_classifier", "the classifier given with the features (stage 1)"),
         "mode": "cache" if train_source is None else f"full (BatchNorm {train_source.bn_mode})",
         "num_classes": fs.num_classes,
         "train_counts": fs.train_counts.tolist(),
@@ -61,7 +63,8 @@ def run_compare(fs: FeatureSet, methods: list[str], out: str | Path, schedule: S
         "environment": environment(schedule.seed),
     }
     notes = [f"features: {source}", f"schedule: {dataclasses.asdict(schedule)}; learning rates searched: {meta['lrs']}",
-             f"mode: {meta['mode']}", "test-time augmentation: " + ("ON (flip averaging)" if meta["tta"] else "off")]  # fmt: skip
+             f"mode: {meta['mode']}", "test-time augmentation: " + ("ON (flip averaging)" if meta["tta"] else "off"),
+             f"warm start: {meta['init_classifier']}"]  # fmt: skip
     path = write_leaderboard(out, results, fs, meta, notes=notes)
     return results, path
 
@@ -81,7 +84,7 @@ def run_retrain(fs: FeatureSet, method: str, out: str | Path, schedule: Schedule
     }
     write_leaderboard(out, [result], fs, meta, title=f"Re-trained classifier: {method}")
     if model is not None and ckpt is not None:
-        if not hasattr(result.head, "linear_params") or method in ("ldam_drw", "ncm"):
+        if not isinstance(result.head, LinearHead | LWSHead):  # cosine heads need normalised features
             raise LortError(f"method {method} does not produce a plain linear classifier; no model.pt written")
         w, b = result.head.linear_params()
         fc = model.get_classifier()
