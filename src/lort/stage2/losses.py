@@ -39,10 +39,7 @@ def ratio_from_smooth(smooth: float, num_classes: int) -> float:
 
 def lort_target(labels: torch.Tensor, num_classes: int, smooth: float) -> torch.Tensor:
     """``(1 - s) * onehot + s / K`` as an ``(N, K)`` float tensor."""
-    smooth = check_smooth(smooth)
-    target = torch.full((len(labels), num_classes), smooth / num_classes, device=labels.device)
-    target.scatter_(1, labels.view(-1, 1), 1.0 - smooth + smooth / num_classes)
-    return target
+    return grouped_lort_target(labels, num_classes, torch.tensor([check_smooth(smooth)]))[0]
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, sample_weight=None) -> torch.Tensor:
@@ -93,12 +90,6 @@ def effective_number_weights(counts: np.ndarray, beta: float = 0.9999) -> torch.
     return torch.as_tensor(w / w.mean(), dtype=torch.float32)
 
 
-def inverse_frequency_weights(counts: np.ndarray) -> torch.Tensor:
-    counts = np.asarray(counts, dtype=np.float64)
-    w = 1.0 / counts
-    return torch.as_tensor(w / w.mean(), dtype=torch.float32)
-
-
 def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float, weight=None) -> torch.Tensor:
     """Focal loss (Lin et al., 2017): ``-(1 - p_y)^gamma log p_y``."""
     logp = F.log_softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)
@@ -122,16 +113,6 @@ def label_aware_smoothing(counts: np.ndarray, head: float, tail: float) -> torch
     span = max(counts.max() - counts.min(), 1.0)
     eps = tail + (head - tail) * np.sin(0.5 * np.pi * (counts - counts.min()) / span)
     return torch.as_tensor(eps, dtype=torch.float32)
-
-
-def smoothed_target(labels: torch.Tensor, num_classes: int, eps_per_class: torch.Tensor) -> torch.Tensor:
-    eps = eps_per_class[labels][:, None]
-    onehot = F.one_hot(labels, num_classes).float()
-    return (1.0 - eps) * onehot + eps / num_classes
-
-
-# ----------------------------------------------------------------------------- batched forms
-# Logits of G classifiers side by side: (G, B, K); each returns per-classifier losses (G,).
 
 
 def grouped_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight=None) -> torch.Tensor:
