@@ -148,10 +148,10 @@ def fit_method(
         settings = [hp | {"lr": lr} for hp in points for lr in lr_values]
     else:
         settings = points
+    xv = torch.as_tensor(val[0]) if has_val else None
+    yv = torch.as_tensor(val[1]) if has_val else None
     search = []
     if method.trains:
-        xv = torch.as_tensor(val[0]) if has_val else None
-        yv = torch.as_tensor(val[1]) if has_val else None
         head, curves = fit_head(
             method.build_head(ctx, settings), ctx.x if train_source is None else train_source, ctx.y, method.loss(ctx, settings), schedule,
             method.sampler, score_fn=(lambda h: balanced_accuracy(h(xv), yv, k)) if has_val else None,
@@ -170,9 +170,7 @@ def fit_method(
         heads = []
         for point in settings:
             h = method.posthoc(method.build_head(ctx, [point]), ctx, point)
-            value = (
-                float(balanced_accuracy(h(torch.as_tensor(val[0])), torch.as_tensor(val[1]), k)[0]) if has_val else None
-            )
+            value = float(balanced_accuracy(h(xv), yv, k)[0]) if has_val else None
             heads.append(h)
             search.append({"hyperparameters": point, "epoch": None, "val_balanced_acc": value, "curve": []})
         best = max(range(len(settings)), key=lambda g: (search[g]["val_balanced_acc"] or 0.0, -g))
