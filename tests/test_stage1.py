@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -105,17 +104,10 @@ def test_resume_after_sigkill_gives_the_weights_of_an_uninterrupted_run(tmp_path
     assert [json.loads(ln)["epoch"] for ln in lines] == [1, 2, 3]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     make_cifar_archive(tmp_path, "cifar10", 50, 2)
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "lort", "train", "--out", str(out), "--set", f"data.root={tmp_path}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lort", "train", "--out", str(out), "--set", f"data.root={tmp_path}",
            "--set", "data.max_per_class=40", "--set", "data.imbalance_ratio=10", "--set", "data.val_per_class=4",
            "--epochs", "2", "--batch-size", "8", "--set", "stage1.amp=none"]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")

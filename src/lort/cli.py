@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__
@@ -204,12 +205,28 @@ def _schedule(args: argparse.Namespace):
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from .stage2.workflow import features_from_checkpoint
+    from .stage1.distributed import cleanup, setup_distributed
+    from .stage2.workflow import features_from_checkpoint, features_from_module_file
 
-    fs, _, _, _ = features_from_checkpoint(args.checkpoint, args.root, args.views, True, args.tta_flip)
-    fs.save(args.out)
-    sizes = ", ".join(f"{k} {len(v[1])}" for k, v in fs.splits.items())
-    print(f"{args.out}: {fs.dim}-d features, {fs.num_classes} classes ({sizes})")
+    if bool(args.checkpoint) == bool(args.model):
+        raise LortError("give exactly one of --checkpoint RUN/best.pt or --model FILE (TorchScript or saved nn.Module)")
+    if args.layer and not args.model:
+        raise LortError("--layer applies to --model files only")
+    info = setup_distributed()
+    try:
+        if args.checkpoint:
+            fs, _, _, _ = features_from_checkpoint(args.checkpoint, args.root, args.views, info.is_main, args.tta_flip,
+                                                   device=info.device, workers=args.workers)  # fmt: skip
+        else:
+            fs = features_from_module_file(args.model, _data_config(args), args.layer, args.input_size, args.views,
+                                           info.is_main, args.tta_flip, info.device, args.workers)  # fmt: skip
+        if info.is_main:
+            fs.save(args.out)
+            sizes = ", ".join(f"{k} {len(v[1])}" for k, v in fs.splits.items())
+            ranks = f", extracted by {info.world_size} processes" if info.enabled else ""
+            print(f"{args.out}: {fs.dim}-d features, {fs.num_classes} classes ({sizes}){ranks}")
+    finally:
+        cleanup(info)
     return 0
 
 
@@ -378,14 +395,27 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     tr.set_defaults(func=cmd_train)
 
-    ex = sub.add_parser("extract", help="write the frozen features of a checkpoint's dataset to .npz")
-    ex.add_argument("--checkpoint", required=True, help="stage-1 checkpoint (e.g. RUN/best.pt)")
-    ex.add_argument("--root", help="data folder (default: as recorded, or $LORT_DATA)")
+    ex = sub.add_parser(
+        "extract",
+        help="write frozen features to .npz: a lort checkpoint's dataset, or any dataset through your own model file",
+        description="Under torchrun each process extracts a shard and the first writes the file.",
+    )
+    ex.add_argument("--checkpoint", help="lort stage-1 checkpoint (e.g. RUN/best.pt): its own dataset is used")
+    ex.add_argument("--model", help="your model file: TorchScript (its output = features) or torch.save(module)")
+    ex.add_argument(
+        "--layer", help="--model: the classifier layer whose input is the feature (default: last nn.Linear)"
+    )
+    ex.add_argument("--input-size", type=int, help="--model: image size for file datasets (default 224)")
     ex.add_argument("--views", type=int, default=1, help="training views (1 = plain images)")
+    ex.add_argument(
+        "--workers", type=int, default=min(4, os.cpu_count() or 1),
+        help="DataLoader processes decoding JPEGs for file datasets (default min(4, CPUs); 0 = in process)",
+    )  # fmt: skip
     ex.add_argument("--out", required=True, help=".npz file to write")
     ex.add_argument(
         "--tta-flip", action="store_true", help="average val/test features with the flipped image (off by default)"
     )
+    _add_data_args(ex)  # --model: the dataset; --checkpoint: only --root (relocates the recorded data)
     ex.set_defaults(func=cmd_extract)
 
     rt = sub.add_parser("retrain", help="stage 2: re-train the classifier with one method (default LORT)")

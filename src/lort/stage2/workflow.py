@@ -25,8 +25,9 @@ from .trainer import Schedule
 
 
 def features_from_checkpoint(
-    checkpoint: str | Path, root: str | None = None, views: int = 1, progress: bool = False, tta_flip: bool = False
-):
+    checkpoint: str | Path, root: str | None = None, views: int = 1, progress: bool = False, tta_flip: bool = False,
+    device: torch.device | None = None, workers: int = 0,
+):  # fmt: skip
     """Build the checkpoint's dataset (its saved data config; ``root`` may relocate it) and
     extract features with the frozen backbone in eval mode. Returns the feature set, the
     model (on CPU), the checkpoint and the dataset."""
@@ -37,12 +38,38 @@ def features_from_checkpoint(
     ds = build_dataset(DataConfig(**data))
     if ds.num_classes != ckpt["num_classes"]:
         raise LortError(f"{checkpoint}: {ckpt['num_classes']} classes, its dataset now has {ds.num_classes}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).to(memory_format=torch.channels_last)
     fs = extract_features(model, ds, views=views, device=device, input_size=model_input_size(ckpt["arch"]),
-                          progress=progress, tta_flip=tta_flip)  # fmt: skip
+                          progress=progress, tta_flip=tta_flip, workers=workers)  # fmt: skip
     fs.meta |= {"checkpoint": str(checkpoint), "dataset": ds.summary()}
     return fs, model.cpu(), ckpt, ds
+
+
+def features_from_module_file(
+    path: str | Path, data: DataConfig, layer: str | None = None, input_size: int | None = None, views: int = 1,
+    progress: bool = False, tta_flip: bool = False, device: torch.device | None = None, workers: int = 0,
+) -> FeatureSet:  # fmt: skip
+    """Features of ``data`` from a user's model file (TorchScript: its output; a saved
+    ``nn.Module``: the input of ``layer`` or of its last linear layer, which is also kept
+    as the classifier to warm-start from when it has one output per class)."""
+    from ..io import file_digest
+    from ..surgery import LayerInputs, feature_fn, load_module_file
+
+    model = load_module_file(path)
+    fn = feature_fn(model, layer)
+    ds = build_dataset(data)
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device)
+    if not isinstance(model, torch.jit.ScriptModule):
+        model = model.to(memory_format=torch.channels_last)
+    classifier = fn.layer if isinstance(fn, LayerInputs) else None
+    size = input_size or (32 if ds.train.images is not None else 224)
+    fs = extract_features(model, ds, views=views, device=device, input_size=size, progress=progress,
+                          tta_flip=tta_flip, features=fn, classifier=classifier, workers=workers)  # fmt: skip
+    fs.meta |= {"model_file": str(path), "model_sha256": file_digest(path), "layer": getattr(fn, "name", None),
+                "dataset": ds.summary()}  # fmt: skip
+    return fs
 
 
 def run_compare(fs: FeatureSet, methods: list[str], out: str | Path, schedule: Schedule,

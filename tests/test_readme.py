@@ -1,0 +1,62 @@
+"""The README's "Use LORT on your model" snippets, run exactly as written."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from .conftest import make_image_tree
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def snippets(section: str) -> list[tuple[str, str]]:
+    text = README.read_text()
+    start = text.index(f"## {section}")
+    end = text.find("\n## ", start + 1)
+    body = text[start : end if end >= 0 else None]
+    return re.findall(r"```(python|bash)\n(.*?)```", body, flags=re.S)
+
+
+SECTION = "Use LORT on your model"
+
+
+def test_the_section_has_the_three_entry_points():
+    langs = [lang for lang, _ in snippets(SECTION)]
+    assert langs == ["python", "python", "bash"]
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_python_snippet_runs(tmp_path, index):
+    code = snippets(SECTION)[index][1]
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip()
+    if index == 0:
+        assert "'smooth'" in res.stdout and "'epoch'" in res.stdout
+    else:
+        assert "torch.Size([4, 64]) True" in res.stdout
+
+
+def test_shell_snippet_runs(tmp_path):
+    data = make_image_tree(tmp_path / "my data", {"gull": (14, 3), "tern": (6, 3), "auk": (4, 3)}, size=80, fmt="JPEG")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(net, (torch.randn(2, 3, 64, 64),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(tmp_path / "net.pt2"))
+    env = dict(os.environ, DATA=str(data), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    code = snippets(SECTION)[2][1]
+    res = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "feats.npz").is_file()
+    assert (tmp_path / "compare" / "leaderboard.md").is_file()
+    assert (tmp_path / "lort" / "summary.json").is_file()
