@@ -60,3 +60,16 @@ def test_shell_snippet_runs(tmp_path):
     assert (tmp_path / "feats.npz").is_file()
     assert (tmp_path / "compare" / "leaderboard.md").is_file()
     assert (tmp_path / "lort" / "summary.json").is_file()
+
+
+def test_every_row_of_the_bad_input_catalogue_names_an_existing_test():
+    text = README.read_text()
+    table = text[text.index("## Bad input the tool detects") : text.index("## Architecture")]
+    rows = [ln for ln in table.splitlines() if ln.startswith("| ") and not ln.startswith("| input") and "---" not in ln]
+    assert len(rows) >= 20
+    root = README.parent
+    for row in rows:
+        ids = re.findall(r"`(tests/\w+\.py)::(\w+)`", row.split(" | ")[-1])
+        assert ids, f"row names no test: {row[:80]}"
+        for path, name in ids:
+            assert f"def {name}(" in (root / path).read_text(), f"{path}::{name} does not exist"

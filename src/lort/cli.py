@@ -221,6 +221,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
             fs = features_from_module_file(args.model, _data_config(args), args.layer, args.input_size, args.views,
                                            info.is_main, args.tta_flip, info.device, args.workers)  # fmt: skip
         if info.is_main:
+            from .env_info import environment
+
+            fs.meta["environment"] = environment(args.seed) | {"world_size": info.world_size}
             fs.save(args.out)
             sizes = ", ".join(f"{k} {len(v[1])}" for k, v in fs.splits.items())
             ranks = f", extracted by {info.world_size} processes" if info.enabled else ""

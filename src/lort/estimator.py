@@ -115,12 +115,13 @@ def check_features(X, name: str = "X", n_features: int | None = None, owner: str
         raise InputError(f"{name}: Found array with 0 feature(s) (shape={arr.shape}) while a minimum of 1 is required.")
     if arr.dtype.kind not in "fiub":
         raise InputError(f"{name}: features must be numbers, got dtype {arr.dtype}")
-    arr = arr.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused below
+        arr = arr.astype(np.float32, copy=False)
     finite = np.isfinite(arr).all(axis=1)
     if not finite.all():
         row = int(np.flatnonzero(~finite)[0])
         kind = "NaN" if np.isnan(arr[row]).any() else "infinity"
-        raise InputError(f"Input {name} contains {kind} (row {row}); lort cannot train on non-finite features")
+        raise InputError(f"Input {name} contains {kind} (row {row}; or a value beyond float32's range)")
     if n_features is not None and arr.shape[1] != n_features:
         raise InputError(f"X has {arr.shape[1]} features, but {owner} is expecting {n_features} features as input.")
     return arr

@@ -11,12 +11,41 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+FAILPOINT_ENV = "LORT_FAILPOINT"
+_writes: dict[str, int] = {}
+
+
+def _failpoint(name: str) -> None:
+    """Crash-test hook: with ``LORT_FAILPOINT=NAME:N`` the process kills itself (SIGKILL)
+    at the N-th write of a file called NAME, after the temporary file is written and
+    before it is renamed into place -- the worst moment for a crash. Unset: no effect."""
+    spec = os.environ.get(FAILPOINT_ENV)
+    if not spec:
+        return
+    target, _, count = spec.rpartition(":")
+    if target != name:
+        return
+    _writes[name] = _writes.get(name, 0) + 1
+    if str(_writes[name]) == count:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files killed writers left in ``folder`` and below (never a real output)."""
+    removed = []
+    for tmp in Path(folder).rglob(".*.tmp") if Path(folder).is_dir() else []:
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 @contextlib.contextmanager
@@ -34,6 +63,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        _failpoint(path.name)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -15,7 +15,7 @@ from .data import build_dataset
 from .data.features import load_features
 from .env_info import environment
 from .errors import LortError
-from .io import sha256_file, write_json, write_text
+from .io import remove_stale_temporaries, sha256_file, write_json, write_text
 from .stage1.train import train
 from .stage2.sweep import sensitivity_grid, smoothing_sweep
 from .stage2.trainer import Schedule
@@ -38,6 +38,7 @@ def _valid_json(path: Path, **expected) -> dict | None:
 def run_pipeline(cfg: RunConfig, out: str | Path, command: str | None = None) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # what killed writers left behind
     config_text = dump_yaml(cfg)
     if (out / "config.yaml").is_file() and (out / "config.yaml").read_text() != config_text:
         raise LortError(f"{out} already holds a run with a different config; choose another --out")

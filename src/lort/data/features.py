@@ -104,6 +104,12 @@ def load_features(path: str | Path) -> FeatureSet:
             y = arrays[f"{split}_labels"]
             if not np.issubdtype(y.dtype, np.integer):
                 raise LortError(f"{path}: {split}_labels must be integers, got {y.dtype}")
+            if y.ndim != 1:
+                raise LortError(f"{path}: {split}_labels must be 1-D (one label per row), got shape {y.shape}")
+            if x.ndim != 2:
+                raise LortError(f"{path}: {split} features must be 2-D (samples x dims), got shape {x.shape}")
+            if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+                raise LortError(f"{path}: {split}_features are not numeric ({x.dtype})")
             splits[split] = (
                 x.astype(np.float32, copy=False) if x.ndim == 2 else x,
                 y.astype(np.int64),
@@ -112,6 +118,8 @@ def load_features(path: str | Path) -> FeatureSet:
         if split not in splits:
             raise LortError(f"{path}: missing {split}_features / {split}_labels")
     if "classes" in arrays:
+        if arrays["classes"].ndim != 1:
+            raise LortError(f"{path}: classes must be a 1-D list of names, got shape {arrays['classes'].shape}")
         classes = [str(c) for c in arrays["classes"]]
     else:
         train_labels = splits["train"][1]  # the training labels define the classes
@@ -123,6 +131,14 @@ def load_features(path: str | Path) -> FeatureSet:
         raise LortError(
             f"{path}: init_weight has shape {init_w.shape}, expected {(len(classes), splits['train'][0].shape[1])}"
         )
+    if init_b is not None and (init_w is None or init_b.shape != (len(classes),)):
+        raise LortError(f"{path}: init_bias has shape {init_b.shape}, expected ({len(classes)},) beside an init_weight")
+    for name, arr in (("init_weight", init_w), ("init_bias", init_b)):
+        if arr is not None and not (np.issubdtype(arr.dtype, np.number) and np.isfinite(arr).all()):
+            raise LortError(f"{path}: {name} must hold finite numbers")
+    if init_w is not None:
+        init_w = init_w.astype(np.float32)
+        init_b = init_b.astype(np.float32) if init_b is not None else None
     meta = {}
     if "meta_json" in arrays:
         try:

@@ -30,7 +30,7 @@ from ..data.augment import BatchAugment, iterate_batches
 from ..data.transforms import ImagePathDataset
 from ..env_info import environment
 from ..errors import LortError
-from ..io import write_json, write_text
+from ..io import remove_stale_temporaries, write_json, write_text
 from ..models import create_model, model_input_size
 from .checkpoint import load_model_state, read_checkpoint, save_checkpoint
 from .distributed import DistInfo, barrier, cleanup, setup_distributed
@@ -301,13 +301,17 @@ def _train(cfg: RunConfig, out: Path, resume: bool, dataset: LongTailedDataset |
         write_text(out / "config.yaml", dump_yaml(cfg))
         write_json(out / "environment.json", environment(s1.seed) | {"world_size": info.world_size})
         write_json(out / "dataset.json", ds.summary())
-        if metrics_path.exists():  # drop epochs a killed run logged after its last checkpoint
+        remove_stale_temporaries(out)  # a writer killed before its rename
+        if ckpt is not None and "metrics" in ckpt:  # the log as of the checkpoint (a kill may fall in between)
+            write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in ckpt["metrics"]))
+        elif metrics_path.exists():  # drop epochs a killed run logged after its last checkpoint
             kept = [
                 ln
                 for ln in metrics_path.read_text().splitlines()
                 if ln.strip() and json.loads(ln)["epoch"] <= start_epoch
             ]
             write_text(metrics_path, "".join(ln + "\n" for ln in kept))
+    history = list(ckpt.get("metrics", [])) if ckpt is not None else []
     for epoch in range(start_epoch, s1.epochs):
         batches = train_batches(ds.train, epoch, cfg, info, input_size)
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
@@ -323,6 +327,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, dataset: LongTailedDataset |
             rep = accuracy_report(logits, ds.val.labels, counts)
             record |= {f"val_{k}": v for k, v in rep.items() if k != "per_class"}
         if info.is_main:
+            history.append(record)
             improved = record.get("val_balanced_acc", -1.0) > best["val_balanced_acc"]
             if improved:
                 best = {"epoch": epoch + 1, "val_balanced_acc": record["val_balanced_acc"]}
@@ -339,6 +344,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, dataset: LongTailedDataset |
                 "config": to_dict(cfg),
                 "classes": ds.classes,
                 "train_counts": counts.tolist(),
+                "metrics": history,
             }
             if improved:
                 save_checkpoint(out / "best.pt", **{k: v for k, v in state.items() if k not in ("optimizer",)})

@@ -21,19 +21,33 @@ from .trainer import Schedule, fit_head
 DEFAULT_LRS = (5e-4, 5e-3, 5e-2)
 
 
+def _balanced(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Mean per-class accuracy (over the classes present) of predictions ``(G, N)``."""
+    correct = (preds == labels).double()
+    total = torch.bincount(labels, minlength=num_classes).double()
+    hits = torch.zeros(len(preds), num_classes, dtype=torch.float64).index_add_(1, labels, correct)
+    present = total > 0
+    return (hits[:, present] / total[present]).mean(1)
+
+
 def balanced_accuracy(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Mean per-class accuracy over the classes present in ``labels``.
 
     ``logits`` is ``(N, K)`` (returns a 0-d tensor) or ``(G, N, K)`` (returns ``(G,)``)."""
     single = logits.dim() == 2
-    if single:
-        logits = logits.unsqueeze(0)
-    correct = (logits.argmax(2) == labels).double()  # (G, N)
-    total = torch.bincount(labels, minlength=num_classes).double()
-    hits = torch.zeros(len(correct), num_classes, dtype=torch.float64).index_add_(1, labels, correct)
-    present = total > 0
-    acc = (hits[:, present] / total[present]).mean(1)
+    acc = _balanced((logits.unsqueeze(0) if single else logits).argmax(2), labels, num_classes)
     return acc[0] if single else acc
+
+
+def head_balanced_accuracy(head: Head, x: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                           budget: int = 1 << 24) -> torch.Tensor:  # fmt: skip
+    """:func:`balanced_accuracy` of every classifier of ``head`` on ``x``, computed in row
+    chunks so that at most ``budget`` logits (G x rows x K) exist at once: the validation
+    split of a large dataset scored by a whole grid never needs G full logit matrices."""
+    g = head.groups()
+    rows = max(1, budget // max(1, g * num_classes))
+    preds = torch.cat([head(x[i : i + rows]).argmax(2) for i in range(0, len(x), rows)], dim=1)  # (G, N)
+    return _balanced(preds, labels, num_classes)
 
 
 @dataclass
@@ -85,7 +99,7 @@ def ce_classifier(fs: FeatureSet, schedule: Schedule) -> tuple[torch.Tensor, tor
     head, curves = fit_head(
         LinearHead(torch.zeros(k, x.shape[1]), torch.zeros(k), len(lrs)), x, y,
         lambda logits, labels, epoch: grouped_cross_entropy(logits, labels), dataclasses.replace(schedule, epochs=max(schedule.epochs, 1)),
-        score_fn=(lambda h: balanced_accuracy(h(xv), yv, k)) if has_val else None, lr=list(lrs), num_classes=k,
+        score_fn=(lambda h: head_balanced_accuracy(h, xv, yv, k)) if has_val else None, lr=list(lrs), num_classes=k,
     )  # fmt: skip
     g = int(np.argmax(curves.max(axis=0))) if len(curves) else 0
     w, b = head.linear_params()
@@ -154,7 +168,7 @@ def fit_method(
     if method.trains:
         head, curves = fit_head(
             method.build_head(ctx, settings), ctx.x if train_source is None else train_source, ctx.y, method.loss(ctx, settings), schedule,
-            method.sampler, score_fn=(lambda h: balanced_accuracy(h(xv), yv, k)) if has_val else None,
+            method.sampler, score_fn=(lambda h: head_balanced_accuracy(h, xv, yv, k)) if has_val else None,
             max_norm=method.max_norm(ctx, settings), lr=[p["lr"] for p in settings],
             weight_decay=method.weight_decay(settings), num_classes=k,
         )  # fmt: skip
@@ -170,7 +184,7 @@ def fit_method(
         heads = []
         for point in settings:
             h = method.posthoc(method.build_head(ctx, [point]), ctx, point)
-            value = float(balanced_accuracy(h(xv), yv, k)[0]) if has_val else None
+            value = float(head_balanced_accuracy(h, xv, yv, k)[0]) if has_val else None
             heads.append(h)
             search.append({"hyperparameters": point, "epoch": None, "val_balanced_acc": value, "curve": []})
         best = max(range(len(settings)), key=lambda g: (search[g]["val_balanced_acc"] or 0.0, -g))
