@@ -156,8 +156,8 @@ def check_labels(y, n: int, name: str = "y") -> np.ndarray:
         raise InputError(f"Unknown label type: complex values in {name}")
     if y.dtype.kind == "O":
         kinds = {type(v) for v in y}
-        if any(issubclass(t, float) for t in kinds) and any(issubclass(t, str) for t in kinds):
-            raise InputError(f"Unknown label type: {name} mixes strings and numbers")
+        if any(issubclass(t, str) for t in kinds) and not all(issubclass(t, str) for t in kinds):
+            raise InputError(f"Unknown label type: {name} mixes strings and other values")
     return y
 
 
@@ -230,7 +230,10 @@ class _RetrainerBase(_Mixin, _Base):
         hyperparameters. Returns ``self``."""
         X = check_features(X, "X")
         y = check_labels(y, len(X))
-        classes, y_idx = np.unique(y, return_inverse=True)
+        try:
+            classes, y_idx = np.unique(y, return_inverse=True)
+        except TypeError:
+            raise InputError("y holds labels that cannot be ordered against each other; use one type") from None
         if len(classes) < 2:
             raise InputError(
                 f"y holds one class only ({_plain(classes[0])!r}); a classifier needs samples of at least 2 classes"
@@ -241,7 +244,10 @@ class _RetrainerBase(_Mixin, _Base):
         if X_val is not None:
             xv = check_features(X_val, "X_val", X.shape[1])
             yv = check_labels(y_val, len(xv), "y_val")
-            pos = np.searchsorted(classes, yv)
+            try:
+                pos = np.searchsorted(classes, yv)
+            except TypeError:
+                raise InputError(f"y_val labels ({yv.dtype}) are not of the type of y's ({classes.dtype})") from None
             pos = np.clip(pos, 0, len(classes) - 1)
             unknown = classes[pos] != yv
             if unknown.any():
