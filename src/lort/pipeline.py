@@ -64,7 +64,8 @@ def run_pipeline(cfg: RunConfig, out: str | Path, command: str | None = None) ->
         out / "features.json", checkpoint_sha256=ckpt_sha, views=cfg.stage2.views, tta_flip=cfg.stage2.tta_flip
     )
     if meta is None or not feats.is_file() or sha256_file(feats) != meta.get("sha256"):
-        fs, _, _, _ = features_from_checkpoint(ckpt, cfg.data.root, cfg.stage2.views, True, cfg.stage2.tta_flip)
+        fs, _, _, _ = features_from_checkpoint(ckpt, cfg.data.root, cfg.stage2.views, True, cfg.stage2.tta_flip,
+                                               workers=cfg.stage1.workers)  # fmt: skip
         fs.save(feats)
         write_json(out / "features.json", {"checkpoint_sha256": ckpt_sha, "views": cfg.stage2.views, "tta_flip": cfg.stage2.tta_flip,
                                            "sha256": sha256_file(feats)})  # fmt: skip
