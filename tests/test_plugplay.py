@@ -325,6 +325,9 @@ def test_extract_from_a_user_model_file_on_an_imagenet_lt_style_list_dataset(tmp
         == 0
     )
     assert (tmp_path / "rt" / "summary.json").is_file()
+    if kind == "module":  # the file carries the model's own classifier: analyse it directly
+        assert main(["analyze", "--features", str(out), "--split", "test"]) == 0
+        assert "logits_magnitude " in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
