@@ -78,10 +78,10 @@ def _params(path):
 def test_resume_after_sigkill_gives_the_weights_of_an_uninterrupted_run(tmp_path):
     make_cifar_archive(tmp_path, "cifar10", 50, 2)
     full = tmp_path / "full"
-    train(_small_config(tmp_path), full)
+    train(_small_config(tmp_path, **{"stage1.epochs": 6}), full)  # long enough to be killed mid-run
     cmd = [sys.executable, "-m", "lort", "train", "--out", str(tmp_path / "killed"),
            "--set", f"data.root={tmp_path}", "--set", "data.max_per_class=40", "--set", "data.imbalance_ratio=10",
-           "--set", "data.val_per_class=4", "--epochs", "3", "--batch-size", "16",
+           "--set", "data.val_per_class=4", "--epochs", "6", "--batch-size", "16",
            "--set", "stage1.eval_batch_size=64"]  # fmt: skip
     env = dict(os.environ)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -94,14 +94,14 @@ def test_resume_after_sigkill_gives_the_weights_of_an_uninterrupted_run(tmp_path
     assert not (tmp_path / "killed" / "summary.json").exists(), "run finished before it could be killed"
     assert main(["train", "--out", str(tmp_path / "killed"), "--resume", "--set", f"data.root={tmp_path}",
                  "--set", "data.max_per_class=40", "--set", "data.imbalance_ratio=10", "--set",
-                 "data.val_per_class=4", "--epochs", "3", "--batch-size", "16",
+                 "data.val_per_class=4", "--epochs", "6", "--batch-size", "16",
                  "--set", "stage1.eval_batch_size=64"]) == 0  # fmt: skip
     a, b = _params(full / "last.pt"), _params(tmp_path / "killed" / "last.pt")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
     lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(ln)["epoch"] for ln in lines] == [1, 2, 3]
+    assert [json.loads(ln)["epoch"] for ln in lines] == [1, 2, 3, 4, 5, 6]
 
 
 def test_two_gloo_processes_end_with_identical_weights(tmp_path):
