@@ -135,7 +135,7 @@ def test_a_method_that_searches_needs_validation_or_a_fixed_value():
         (lambda x, y: LogitsRetargetingClassifier().fit(x[:, 0], y), "Expected 2D array, got 1D array"),
         (lambda x, y: LogitsRetargetingClassifier().fit(np.where(x > 3, np.nan, x), y), "contains NaN"),
         (lambda x, y: LogitsRetargetingClassifier(smooth=1.0).fit(x, y), r"s must lie in \[0, 1\)"),
-        (lambda x, y: LogitsRetargetingClassifier(target_ratio=0.5).fit(x, y), "target_ratio must be a number >= 1"),
+        (lambda x, y: LogitsRetargetingClassifier(target_ratio=0.5).fit(x, y), r"target ratio must be > 1, got 0.5"),
         (lambda x, y: LogitsRetargetingClassifier(lr=0).fit(x, y), "lr must be > 0"),
         (lambda x, y: LogitsRetargetingClassifier(init_coef=np.zeros((3, 16))).fit(x, y), r"init_coef has shape \(3, 16\)"),
         (lambda x, y: LogitsRetargetingClassifier().fit(x, np.full(len(x), 0.5)), "Unknown label type: continuous"),

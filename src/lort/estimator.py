@@ -28,7 +28,7 @@ from .data.features import FeatureSet
 from .errors import LortError
 from .stage2.compare import fit_method
 from .stage2.heads import CosineHead
-from .stage2.losses import check_smooth
+from .stage2.losses import check_smooth, smooth_from_ratio
 from .stage2.methods import get_method
 from .stage2.trainer import Schedule
 
@@ -161,6 +161,14 @@ def check_labels(y, n: int, name: str = "y") -> np.ndarray:
     return y
 
 
+def _as_value_error(check, *args):
+    """Run one of lort's own checks; its LortError becomes the estimator's ValueError."""
+    try:
+        return check(*args)
+    except LortError as exc:
+        raise InputError(str(exc)) from None
+
+
 def _grid_values(value, name: str) -> list:
     if isinstance(value, str) or not isinstance(value, Sequence | np.ndarray):
         return [value]
@@ -187,7 +195,7 @@ class _RetrainerBase(_Mixin, _Base):
     def _method_and_grid(self, has_val: bool) -> tuple[str, dict[str, list]]:
         raise NotImplementedError
 
-    def _schedule_lrs(self, has_val: bool) -> tuple[Schedule, tuple[float, ...]]:
+    def _schedule_lrs(self) -> tuple[Schedule, tuple[float, ...]]:
         lrs = _grid_values(self.lr, "lr")
         for v in lrs:
             if not (isinstance(v, int | float) and np.isfinite(v) and v > 0):
@@ -255,7 +263,7 @@ class _RetrainerBase(_Mixin, _Base):
             splits["val"] = (xv, pos.astype(np.int64))
         has_val = "val" in splits
         method_name, grid = self._method_and_grid(has_val)
-        schedule, lrs = self._schedule_lrs(has_val)
+        schedule, lrs = self._schedule_lrs()
         searched = {k: v for k, v in grid.items() if len(v) > 1} | ({"lr": list(lrs)} if len(lrs) > 1 else {})
         if searched and not has_val:
             names = ", ".join(searched)
@@ -354,15 +362,11 @@ class LogitsRetargetingClassifier(_RetrainerBase):
         if self.target_ratio is not None:
             ratios = _grid_values(self.target_ratio, "target_ratio")
             for r in ratios:
-                if not (isinstance(r, int | float) and np.isfinite(r) and r >= 1):
-                    raise InputError(f"target_ratio must be a number >= 1, got {r!r}")
+                _as_value_error(smooth_from_ratio, r, 2)
             return name, {"target_ratio": ratios}
         values = _grid_values(self.smooth, "smooth")
         for s in values:
-            try:
-                check_smooth(s)
-            except LortError as exc:
-                raise InputError(str(exc)) from None
+            _as_value_error(check_smooth, s)
         return name, {"smooth": values}
 
 
@@ -393,10 +397,7 @@ class RetrainingClassifier(_RetrainerBase):
         _store_params(self, locals())
 
     def _method_and_grid(self, has_val: bool) -> tuple[str, dict[str, list]]:
-        try:
-            method = get_method(self.method)
-        except LortError as exc:
-            raise InputError(str(exc)) from None
+        method = _as_value_error(get_method, self.method)
         given = dict(self.params or {})
         allowed = set(method.grid) | ({"target_ratio"} if "smooth" in method.grid else set())
         unknown = sorted(set(given) - allowed)

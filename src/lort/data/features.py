@@ -104,14 +104,11 @@ def load_features(path: str | Path) -> FeatureSet:
             y = arrays[f"{split}_labels"]
             if not np.issubdtype(y.dtype, np.integer):
                 raise LortError(f"{path}: {split}_labels must be integers, got {y.dtype}")
-            if y.ndim != 1:
+            if y.ndim != 1:  # before the classes are counted from the labels
                 raise LortError(f"{path}: {split}_labels must be 1-D (one label per row), got shape {y.shape}")
-            if x.ndim != 2:
-                raise LortError(f"{path}: {split} features must be 2-D (samples x dims), got shape {x.shape}")
-            if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-                raise LortError(f"{path}: {split}_features are not numeric ({x.dtype})")
-            splits[split] = (
-                x.astype(np.float32, copy=False) if x.ndim == 2 else x,
+            numeric = np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
+            splits[split] = (  # shape and dtype are checked by validate_features below
+                x.astype(np.float32, copy=False) if x.ndim == 2 and numeric else x,
                 y.astype(np.int64),
             )
     for split in ("train", "test"):

@@ -132,19 +132,15 @@ def extract_features(
                                          features=features)  # fmt: skip
                 feats = 0.5 * (feats + flipped)
             splits[name] = (feats, split.labels)
-    fc = (
-        classifier if classifier is not None else (model.get_classifier() if hasattr(model, "get_classifier") else None)
-    )
-    dim = splits["train"][0].shape[1]
-    keep = fc is not None and tuple(fc.weight.shape) == (ds.num_classes, dim)
+    fc = classifier if classifier is not None else getattr(model, "get_classifier", lambda: None)()
+    init_weight = init_bias = None
+    if fc is not None and tuple(fc.weight.shape) == (ds.num_classes, splits["train"][0].shape[1]):
+        init_weight = fc.weight.detach().float().cpu().numpy()
+        init_bias = np.zeros(ds.num_classes, np.float32) if fc.bias is None else fc.bias.detach().float().cpu().numpy()
     return FeatureSet(
         splits=splits,
         classes=list(ds.classes),
-        init_weight=fc.weight.detach().float().cpu().numpy() if keep else None,
-        init_bias=(
-            fc.bias.detach().float().cpu().numpy() if fc.bias is not None else np.zeros(ds.num_classes, np.float32)
-        )
-        if keep
-        else None,
+        init_weight=init_weight,
+        init_bias=init_bias,
         meta={"views": views, "train_images": len(ds.train), "tta_flip": tta_flip},
     )

@@ -24,6 +24,10 @@ from .methods import get_method, resolve_methods
 from .trainer import Schedule
 
 
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def features_from_checkpoint(
     checkpoint: str | Path, root: str | None = None, views: int = 1, progress: bool = False, tta_flip: bool = False,
     device: torch.device | None = None, workers: int = 0,
@@ -38,7 +42,7 @@ def features_from_checkpoint(
     ds = build_dataset(DataConfig(**data))
     if ds.num_classes != ckpt["num_classes"]:
         raise LortError(f"{checkpoint}: {ckpt['num_classes']} classes, its dataset now has {ds.num_classes}")
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     model = model.to(device).to(memory_format=torch.channels_last)
     fs = extract_features(model, ds, views=views, device=device, input_size=model_input_size(ckpt["arch"]),
                           progress=progress, tta_flip=tta_flip, workers=workers)  # fmt: skip
@@ -59,7 +63,7 @@ def features_from_module_file(
     model = load_module_file(path)
     fn = feature_fn(model, layer)
     ds = build_dataset(data)
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     model = model.to(device)
     if not isinstance(model, torch.jit.ScriptModule):
         model = model.to(memory_format=torch.channels_last)
