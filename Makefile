@@ -27,7 +27,7 @@ test: lint
 DEMO_OUT ?= runs/demo
 
 demo: $(STAMP)
-	$(BIN)/lort data info --dataset cifar10 --imbalance-ratio 100 --max-per-class 4980
+	$(BIN)/lort data info --dataset cifar10 --imbalance-ratio 100 --max-per-class 4980 --download
 	$(BIN)/lort run configs/demo.yaml --out $(DEMO_OUT)
 
 clean:

@@ -3,22 +3,28 @@ the reference-code style pipeline, measured in the same run on this machine.
 
 lort:      uint8 array (memory-mapped cache) -> batched tensor crop/flip/normalise ->
            channels_last ResNet-32, in fp32 and with the default amp=auto (bf16 autocast where
-           the CPU runs it natively, fp32 elsewhere).
+           the CPU has native bf16 — AVX512_BF16 or AMX — fp32 elsewhere).
 baseline:  per-sample PIL transforms (pad+random crop, flip, to-tensor, normalise) in a
            torch DataLoader (2 workers), NCHW ResNet-32 — how the public reference code
            feeds CIFAR.
 
 Both train the same model (SGD, batch 64) for the same number of steps after warm-up;
-the script prints images/s of each and the ratio.
+the script prints the CPU's capability, images/s of each and the ratios, and with
+``--out FILE.json`` writes them to a file.
 
-    python benchmarks/stage1_throughput.py [--steps 60] [--root ../shared/data]
+    python benchmarks/stage1_throughput.py [--steps 60] [--root DIR] [--out results/speed/stage1.json]
+
+The data root is ``--root``, else ``LORT_DATA``, else ``../shared/data`` beside the repository.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,8 +33,11 @@ from PIL import Image
 
 from lort.data import DataConfig, build_dataset
 from lort.data.augment import CIFAR_MEAN, CIFAR_STD, BatchAugment, iterate_batches
+from lort.env_info import environment
+from lort.errors import LortError
+from lort.io import write_json
 from lort.models import create_model
-from lort.stage1.train import autocast, autocast_dtype
+from lort.runtime.precision import autocast, choose_precision, cpu_capability
 
 
 class PilCifar(torch.utils.data.Dataset):
@@ -55,7 +64,7 @@ class PilCifar(torch.utils.data.Dataset):
         return torch.from_numpy(arr.transpose(2, 0, 1).copy()), int(self.labels[i])
 
 
-def run(batches, model, steps, warmup, channels_last, amp="none"):
+def run(batches, model, steps, warmup, channels_last, precision=None):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-3)
     model.train()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -67,7 +76,7 @@ def run(batches, model, steps, warmup, channels_last, amp="none"):
         if i >= warmup + steps:
             break
         x = x.to(memory_format=fmt)
-        with autocast(amp, torch.device("cpu")):
+        with autocast(precision, "cpu"):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
@@ -77,15 +86,29 @@ def run(batches, model, steps, warmup, channels_last, amp="none"):
     return seen / (time.perf_counter() - t0)
 
 
+def default_root() -> str | None:
+    if os.environ.get("LORT_DATA"):
+        return None  # build_dataset reads it
+    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return str(shared) if shared.is_dir() else None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--root", default=None)
+    ap.add_argument("--root", default=None, help="data root (default: LORT_DATA, else ../shared/data)")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--out", help="also write the figures to this JSON file")
     args = ap.parse_args()
-    ds = build_dataset(DataConfig(dataset="cifar10", root=args.root))
+    try:
+        ds = build_dataset(DataConfig(dataset="cifar10", root=args.root or default_root()))
+    except LortError as exc:
+        print(f"stage1_throughput: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     imgs, labels = ds.train.images, ds.train.labels
+    cap = cpu_capability()
+    print(f"CPU: {cap.describe()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(labels)} training images")
 
     results = {}
@@ -94,10 +117,12 @@ def main():
         model = create_model("resnet32", 10).to(memory_format=torch.channels_last)
         gen = torch.Generator().manual_seed(0)
         batches = iterate_batches(imgs, labels, args.batch_size, True, gen, BatchAugment(), drop_last=True)
-        results[amp] = run(batches, model, args.steps, args.warmup, channels_last=True, amp=amp)
-        dtype = autocast_dtype(amp, torch.device("cpu"))
-        label = f"amp={amp} ({'fp32' if dtype is None else str(dtype).removeprefix('torch.')})"
+        precision = choose_precision(amp, "cpu")
+        results[amp] = run(batches, model, args.steps, args.warmup, channels_last=True, precision=precision)
+        label = f"amp={amp} -> {precision.name}"
         print(f"lort pipeline (batched tensor aug, channels_last, {label}): {results[amp]:8.1f} images/s")
+        if amp == "auto":
+            print(f"  amp=auto chose {precision.name}: {precision.reason}")
 
     torch.manual_seed(0)
     model = create_model("resnet32", 10)
@@ -111,7 +136,18 @@ def main():
     base = run(iter(loader), model, args.steps, args.warmup, channels_last=False)
     print(f"baseline (per-sample PIL, DataLoader, NCHW, fp32): {base:8.1f} images/s")
     print(f"ratio lort fp32 / baseline: {results['none'] / base:.2f}x")
-    print(f"ratio lort default (amp=auto) / baseline: {results['auto'] / base:.2f}x")
+    print(f"ratio lort default (amp=auto -> {precision.name}) / baseline: {results['auto'] / base:.2f}x")
+    if args.out:
+        write_json(args.out, {
+            "cpu": cap.to_dict(),
+            "amp_auto": precision.to_dict(),
+            "images_per_s": {"lort_fp32": results["none"], "lort_default": results["auto"], "reference_style": base},
+            "ratio_fp32": results["none"] / base,
+            "ratio_default": results["auto"] / base,
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "environment": environment(0),
+        })  # fmt: skip
 
 
 if __name__ == "__main__":

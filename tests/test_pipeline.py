@@ -110,7 +110,7 @@ def test_full_mode_retrain_runs_the_backbone_and_writes_the_model(tmp_path, caps
     """The reference protocol (augmented images through the frozen backbone) on a tiny run."""
     import torch
 
-    from lort.stage1.checkpoint import load_model
+    from lort.runtime.checkpoint import load_model
     from lort.stage1.train import train
 
     make_cifar_archive(tmp_path, "cifar10", 50, 3)

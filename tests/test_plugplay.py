@@ -116,14 +116,18 @@ def test_every_method_works_through_the_estimator(name):
     np.testing.assert_array_equal(clone.predict(xv), clf.predict(xv))
 
 
-def test_a_method_that_searches_needs_validation_or_a_fixed_value():
+def test_without_validation_a_method_runs_at_its_default_and_lists_need_validation():
     x, y, xv, yv = long_tailed_blobs()
-    with pytest.raises(InputError, match=r"'tau_norm' chooses tau on validation data.*params=\{'tau'"):
-        RetrainingClassifier("tau_norm").fit(x, y)
-    clf = RetrainingClassifier("tau_norm", params={"tau": 1.0}).fit(x, y)
-    assert clf.best_params_["tau"] == 1.0
-    with pytest.raises(InputError, match="method 'tau_norm' has no hyperparameter 'beta'"):
+    clf = RetrainingClassifier("tau_norm").fit(x, y)
+    assert clf.best_params_["tau"] == METHODS["tau_norm"].param("tau").source_default == 1.0
+    clf = RetrainingClassifier("tau_norm", params={"tau": 0.5}).fit(x, y)
+    assert clf.best_params_["tau"] == 0.5
+    with pytest.raises(InputError, match="tau list several values to search; pass X_val and y_val"):
+        RetrainingClassifier("tau_norm", params={"tau": [0.5, 1.0]}).fit(x, y)
+    with pytest.raises(InputError, match="method tau_norm has no hyperparameter 'beta' \\(its hyperparameters: tau\\)"):
         RetrainingClassifier("tau_norm", params={"beta": 0.9}).fit(x, y)
+    with pytest.raises(InputError, match=r"method cb_reweight: beta must lie in \[0, 1\), got 1.5"):
+        RetrainingClassifier("cb_reweight", params={"beta": 1.5}).fit(x, y)
     with pytest.raises(InputError, match="unknown stage-2 method 'nope'"):
         RetrainingClassifier("nope").fit(x, y)
 
@@ -134,8 +138,8 @@ def test_a_method_that_searches_needs_validation_or_a_fixed_value():
         (lambda x, y: LogitsRetargetingClassifier().fit(x[:-1], y), r"y has \d+ labels but X has \d+ rows"),
         (lambda x, y: LogitsRetargetingClassifier().fit(x[:, 0], y), "Expected 2D array, got 1D array"),
         (lambda x, y: LogitsRetargetingClassifier().fit(np.where(x > 3, np.nan, x), y), "contains NaN"),
-        (lambda x, y: LogitsRetargetingClassifier(smooth=1.0).fit(x, y), r"s must lie in \[0, 1\)"),
-        (lambda x, y: LogitsRetargetingClassifier(target_ratio=0.5).fit(x, y), r"target ratio must be > 1, got 0.5"),
+        (lambda x, y: LogitsRetargetingClassifier(smooth=1.0).fit(x, y), r"smooth must lie in \[0, 1\)"),
+        (lambda x, y: LogitsRetargetingClassifier(target_ratio=0.5).fit(x, y), r"target_ratio must lie in \(1, inf\), got 0.5"),
         (lambda x, y: LogitsRetargetingClassifier(lr=0).fit(x, y), "lr must be > 0"),
         (lambda x, y: LogitsRetargetingClassifier(init_coef=np.zeros((3, 16))).fit(x, y), r"init_coef has shape \(3, 16\)"),
         (lambda x, y: LogitsRetargetingClassifier().fit(x, np.full(len(x), 0.5)), "Unknown label type: continuous"),
@@ -384,3 +388,67 @@ def test_distributed_extraction_equals_one_process(tmp_path):
     for split in ("train", "val", "test"):
         np.testing.assert_array_equal(a.splits[split][1], b.splits[split][1])
         np.testing.assert_allclose(a.splits[split][0], b.splits[split][0], rtol=1e-5, atol=1e-6)
+
+
+class _ChannelMeans(torch.nn.Module):
+    """A 'pretrained' network that only accepts 64x64 inputs; its features are the channel
+    means of the input and of its upper-left quadrant, so the test can recompute them."""
+
+    def forward(self, x):
+        torch._check(x.shape[2] == 64)
+        return torch.cat([x.mean((2, 3)), x[:, :, :32, :32].mean((2, 3))], dim=1)
+
+
+def test_extract_resizes_small_images_to_the_models_input_size_and_normalises_as_told(tmp_path, capsys):
+    root = make_image_tree(tmp_path / "tree", {"a": (4, 2), "b": (3, 2)}, size=32)
+    path = tmp_path / "net64.pt2"
+    program = torch.export.export(_ChannelMeans(), (torch.randn(2, 3, 64, 64),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))  # fmt: skip
+    torch.export.save(program, str(path))
+    common = ["extract", "--model", str(path), "--dataset", "imagefolder", "--root", str(root), "--profile", "none",
+              "--val-per-class", "0", "--workers", "0"]  # fmt: skip
+    # at the images' own 32 px the network refuses: one line naming the batch shape, exit 2
+    assert main([*common, "--out", str(tmp_path / "no.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "the model failed on an input batch of shape (" in err and ", 3, 32, 32)" in err, err
+    assert [ln for ln in err.splitlines() if "error" in ln.lower()] == [err.splitlines()[-1]] and "Traceback" not in err
+    out = tmp_path / "f.npz"
+    assert main([*common, "--input-size", "64", "--normalize", "none", "--out", str(out)]) == 0
+    fs = load_features(out)
+    assert fs.meta["input"]["size"] == 64 and fs.meta["input"]["resized"] and fs.meta["input"]["mean"] == [0, 0, 0]
+    # recompute one test image by hand: decode, bilinear-antialias resize to 64, no normalisation
+    from PIL import Image
+
+    img = np.asarray(Image.open(sorted((root / "test" / "a").iterdir())[0]).convert("RGB"), np.float32) / 255.0
+    x = torch.nn.functional.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None], size=(64, 64),
+                                        mode="bilinear", antialias=True, align_corners=False)  # fmt: skip
+    ref = _ChannelMeans()(x)[0].numpy()
+    np.testing.assert_allclose(fs.splits["test"][0][0], ref, rtol=1e-2, atol=1e-2)
+    # explicit mean/std are applied and recorded; the default for a user's model is ImageNet's
+    out2 = tmp_path / "g.npz"
+    assert (
+        main([*common, "--input-size", "64", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--out", str(out2)])
+        == 0
+    )
+    np.testing.assert_allclose(load_features(out2).splits["test"][0][0], (ref - 0.5) / 0.25, rtol=1e-2, atol=2e-2)
+    out3 = tmp_path / "h.npz"
+    assert main([*common, "--input-size", "64", "--out", str(out3)]) == 0
+    imagenet = load_features(out3).meta["input"]
+    assert imagenet["mean"] == [0.485, 0.456, 0.406] and imagenet["std"] == [0.229, 0.224, 0.225]
+    assert load_features(out3).meta["precision"]["dtype"] in ("fp32", "bf16")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mean", "0.5,0.5"], "three values"),
+    (["--mean", "a,b,c", "--std", "1,1,1"], "--mean takes comma-separated numbers"),
+    (["--mean", "0.5,0.5,0.5"], "give both mean and std"),
+    (["--std", "0,1,1", "--mean", "0,0,0"], "std values must be > 0"),
+    (["--input-size", "0"], "--input-size must be a positive"),
+])  # fmt: skip
+def test_bad_input_options_of_extract_fail_clearly(tmp_path, capsys, args, message):
+    root = make_image_tree(tmp_path / "tree", {"a": (2, 1), "b": (2, 1)}, size=8)
+    path = tmp_path / "net.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 2)), path)
+    code = main(["extract", "--model", str(path), "--dataset", "imagefolder", "--root", str(root), "--profile", "none",
+                 "--val-per-class", "0", "--out", str(tmp_path / "x.npz"), *args])  # fmt: skip
+    assert code == 2 and message in capsys.readouterr().err

@@ -19,7 +19,7 @@ import torch
 from lort.cli import main
 from lort.config import dump_yaml, load_config
 from lort.io import FAILPOINT_ENV
-from lort.stage1.checkpoint import read_checkpoint
+from lort.runtime.checkpoint import read_checkpoint
 
 from .conftest import make_cifar_archive
 

@@ -14,7 +14,7 @@ from lort.cli import main
 from lort.config import load_config
 from lort.errors import LortError
 from lort.models import create_model, list_models
-from lort.stage1.checkpoint import load_model, read_checkpoint
+from lort.runtime.checkpoint import load_model, read_checkpoint
 from lort.stage1.train import cosine_factor, max_norm_, train
 
 from .conftest import SHARED_CIFAR10, make_cifar_archive
@@ -193,6 +193,12 @@ def test_short_run_on_shared_cifar10_learns(tmp_path, shared_cifar10_cache, monk
     assert best_val > 0.20, metrics  # chance is 0.10; this run reached 0.255 here
     assert summary["test"]["acc"] > 0.20
     assert metrics[-1]["val_balanced_acc"] > metrics[0]["val_balanced_acc"]
+    env = json.loads((tmp_path / "run" / "environment.json").read_text())
+    assert (
+        env["precision"]["amp"] == "auto"
+        and env["precision"]["dtype"] in ("fp32", "bf16")
+        and env["precision"]["reason"]
+    )
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):

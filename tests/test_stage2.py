@@ -313,7 +313,7 @@ def test_lort_improves_few_class_accuracy_over_ce_on_real_features(short_cifar10
     assert (fs.groups == 2).sum() >= 1  # the profile has Few classes
     sched = Schedule()  # the reference recipe: lr 5e-4, 20 epochs, batch 64
     ce = fit_method(METHODS["ce"], fs, sched, lrs=(5e-4,))
-    lort = fit_method(METHODS["lort"], fs, sched, lrs=(5e-4,), grid={"smooth": [0.98]})
+    lort = fit_method(METHODS["lort"], fs, sched, lrs=(5e-4,), fixed={"smooth": 0.98})
     for r in (ce, lort):
         from lort.stage2 import evaluate_test
 

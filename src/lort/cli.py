@@ -176,19 +176,23 @@ def _add_stage2_args(p: argparse.ArgumentParser) -> None:
         "images through the frozen backbone every epoch (needs --checkpoint)",
     )  # fmt: skip
     src.add_argument("--bn-mode", default="eval", choices=("eval", "train"), help="BatchNorm mode, full mode")
+    from .stage2.schedule import DEFAULT_LRS, Schedule
+
     g = p.add_argument_group("schedule (defaults: the reference recipe)")
-    g.add_argument("--epochs", type=int, default=20)
-    g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--epochs", type=int, default=Schedule.epochs)
+    g.add_argument("--batch-size", type=int, default=Schedule.batch_size)
+    g.add_argument("--momentum", type=float, default=Schedule.momentum)
+    g.add_argument("--weight-decay", type=float, default=Schedule.weight_decay)
+    g.add_argument("--seed", type=int, default=Schedule.seed)
     g.add_argument("--lr", type=float, help="fix the learning rate (default: search --lrs on validation)")
-    g.add_argument("--lrs", default="5e-4,5e-3,5e-2", help="learning rates searched on validation")
+    g.add_argument(
+        "--lrs", default=",".join(f"{v:g}" for v in DEFAULT_LRS), help="learning rates searched on validation"
+    )
     p.add_argument("--out", required=True, help="output folder")
 
 
 def _schedule(args: argparse.Namespace):
-    from .stage2.trainer import Schedule
+    from .stage2.schedule import Schedule, check_lrs
 
     try:
         lrs = tuple(float(v) for v in args.lrs.split(",") if v.strip())
@@ -196,30 +200,70 @@ def _schedule(args: argparse.Namespace):
         raise LortError(f"--lrs must be comma-separated numbers, got {args.lrs!r}") from None
     if args.lr is not None:
         lrs = (args.lr,)
-    for lr in lrs:
-        if not lr > 0:
-            raise LortError(f"learning rates must be > 0, got {lr}")
+    lrs = tuple(check_lrs(lrs, "learning rate"))
     schedule = Schedule(epochs=args.epochs, lr=lrs[0], momentum=args.momentum, weight_decay=args.weight_decay,
                         batch_size=args.batch_size, seed=args.seed)  # fmt: skip
     return schedule, lrs
 
 
+MODEL_FORMATS = (
+    "torch.export program (.pt2, saved with torch.export.save; export it with a dynamic batch dimension), "
+    "TorchScript (torch.jit.save) or a whole pickled nn.Module (torch.save(model))"
+)
+
+
+def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise LortError(f"{flag} takes comma-separated numbers such as 0.5,0.5,0.5; got {text!r}") from None
+
+
+def _fixed_params(items: list[str], method: str | None = None, single: bool = False) -> dict[str, dict]:
+    """``--set METHOD.PARAM=VALUE`` (or ``PARAM=VALUE`` for the one method of ``retrain``)
+    as ``{method: {param: value}}``; VALUE is YAML (``0.98``, ``[0.9, 0.98]`` to search)."""
+    from .config import parse_override
+
+    fixed: dict[str, dict] = {}
+    for item in items or []:
+        key, value = parse_override(item)
+        name, dot, param = key.rpartition(".")
+        if not dot:
+            if not single:
+                raise LortError(f"--set {item!r}: name the method, e.g. --set lort.smooth=0.98")
+            name = method
+        elif single and name != method:
+            raise LortError(f"--set {item!r} names method {name!r}, but this command re-trains {method!r}")
+        fixed.setdefault(name, {})[param] = value
+    return fixed
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
-    from .stage1.distributed import cleanup, setup_distributed
+    from .runtime.distributed import cleanup, setup_distributed
     from .stage2.workflow import features_from_checkpoint, features_from_module_file
 
     if bool(args.checkpoint) == bool(args.model):
-        raise LortError("give exactly one of --checkpoint RUN/best.pt or --model FILE (TorchScript or saved nn.Module)")
-    if args.layer and not args.model:
-        raise LortError("--layer applies to --model files only")
+        raise LortError(f"give exactly one of --checkpoint RUN/best.pt or --model FILE ({MODEL_FORMATS})")
+    if not args.model and (args.layer or args.input_size or args.normalize or args.mean or args.std):
+        raise LortError(
+            "--layer, --input-size, --normalize, --mean and --std apply to --model files only "
+            "(a lort checkpoint is fed as its stage 1 was trained)"
+        )
+    if args.input_size is not None and args.input_size < 1:
+        raise LortError(f"--input-size must be a positive number of pixels, got {args.input_size}")
     info = setup_distributed()
     try:
         if args.checkpoint:
             fs, _, _, _ = features_from_checkpoint(args.checkpoint, args.root, args.views, info.is_main, args.tta_flip,
                                                    device=info.device, workers=args.workers)  # fmt: skip
         else:
+            from .data.transforms import normalization
+
+            norm = normalization(args.normalize or "imagenet", _floats(args.mean, "--mean"), _floats(args.std, "--std"))
             fs = features_from_module_file(args.model, _data_config(args), args.layer, args.input_size, args.views,
-                                           info.is_main, args.tta_flip, info.device, args.workers)  # fmt: skip
+                                           info.is_main, args.tta_flip, info.device, args.workers, norm)  # fmt: skip
         if info.is_main:
             from .env_info import environment
 
@@ -234,45 +278,39 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
+    from .stage2.methods import get_method
     from .stage2.workflow import load_feature_source, run_retrain
 
-    if args.method not in ("lort", "lort_balanced") and (args.smooth is not None or args.target_ratio is not None):
-        raise LortError("--smooth and --target-ratio apply to the lort methods only")
-    if args.smooth is not None and args.target_ratio is not None:
-        raise LortError("give --smooth or --target-ratio, not both")
-    grid = None
-    if args.smooth is not None:
-        from .stage2.losses import check_smooth
-
-        grid = {"smooth": [check_smooth(args.smooth)]}
-    elif args.target_ratio is not None:
-        from .stage2.losses import smooth_from_ratio
-
-        smooth_from_ratio(args.target_ratio, 2)
-        grid = {"target_ratio": [args.target_ratio]}
+    method = get_method(args.method)
+    fixed = _fixed_params(args.params, method.name, single=True).get(method.name, {})
+    for name in ("smooth", "target_ratio"):  # shortcuts for --set smooth=... / target_ratio=...
+        if getattr(args, name) is not None:
+            fixed[name] = getattr(args, name)
+    method.settings(fixed)  # unknown or out-of-range hyperparameters fail before any work
     schedule, lrs = _schedule(args)
     fs, model, ckpt, source, train_source = load_feature_source(
         args.features, args.checkpoint, args.root, args.views, args.mode, args.bn_mode, args.seed
     )
-    _, table = run_retrain(fs, args.method, args.out, schedule, lrs, grid, model, ckpt, source, train_source)
+    _, table = run_retrain(fs, args.method, args.out, schedule, lrs, fixed, model, ckpt, source, train_source)
     print(table)
     print(f"written to {args.out}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from .stage2.compare import check_fixed
     from .stage2.methods import resolve_methods
     from .stage2.workflow import load_feature_source, run_compare
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    resolve_methods(methods)  # unknown names fail before any work
+    fixed = check_fixed(_fixed_params(args.params), resolve_methods(methods))  # bad names fail before any work
     schedule, lrs = _schedule(args)
     fs, _, _, source, train_source = load_feature_source(
         args.features, args.checkpoint, args.root, args.views, args.mode, args.bn_mode, args.seed
     )
     _, path = run_compare(fs, methods, args.out, schedule, lrs, source,
                           progress=lambda name: print(f"fitting {name} ...", file=sys.stderr),
-                          train_source=train_source)  # fmt: skip
+                          train_source=train_source, fixed=fixed)  # fmt: skip
     print(path.read_text())
     print(f"written to {args.out}")
     return 0
@@ -404,11 +442,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="Under torchrun each process extracts a shard and the first writes the file.",
     )
     ex.add_argument("--checkpoint", help="lort stage-1 checkpoint (e.g. RUN/best.pt): its own dataset is used")
-    ex.add_argument("--model", help="your model file: TorchScript (its output = features) or torch.save(module)")
+    ex.add_argument(
+        "--model",
+        help="your model file: a torch.export program (.pt2) or TorchScript file (its output = the features), "
+        "or a whole nn.Module saved with torch.save (the input of its last nn.Linear = the features)",
+    )
     ex.add_argument(
         "--layer", help="--model: the classifier layer whose input is the feature (default: last nn.Linear)"
     )
-    ex.add_argument("--input-size", type=int, help="--model: image size for file datasets (default 224)")
+    ex.add_argument(
+        "--input-size",
+        type=int,
+        help="--model: the image size your network expects; every dataset is resized to it, small images included "
+        "(default: small images at their own size, image files cropped to 224)",
+    )
+    ex.add_argument(
+        "--normalize",
+        choices=["imagenet", "cifar", "none"],
+        help="--model: input normalisation your network was trained with (default imagenet)",
+    )
+    ex.add_argument("--mean", help="--model: explicit per-channel mean, e.g. 0.5,0.5,0.5 (with --std)")
+    ex.add_argument("--std", help="--model: explicit per-channel std, e.g. 0.5,0.5,0.5 (with --mean)")
     ex.add_argument("--views", type=int, default=1, help="training views (1 = plain images)")
     ex.add_argument(
         "--workers", type=int, default=min(4, os.cpu_count() or 1),
@@ -429,11 +483,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="LORT target ratio r > 1 (K-independent alternative to s)",
     )
+    rt.add_argument(
+        "--set", dest="params", action="append", default=[], metavar="PARAM=VALUE",
+        help="fix a hyperparameter of the method (a list such as [0.9,0.98] is searched on validation); "
+        "`lort methods` lists each method's hyperparameters",
+    )  # fmt: skip
     _add_stage2_args(rt)
     rt.set_defaults(func=cmd_retrain)
 
     cp = sub.add_parser("compare", help="stage 2: every method on one representation, leaderboard")
     cp.add_argument("--methods", default="all", help="comma-separated method names, or all")
+    cp.add_argument(
+        "--set", dest="params", action="append", default=[], metavar="METHOD.PARAM=VALUE",
+        help="fix a method's hyperparameter, e.g. --set lort.smooth=0.98 or --set tau_norm.tau=[0.5,1] (repeatable)",
+    )  # fmt: skip
     _add_stage2_args(cp)
     cp.set_defaults(func=cmd_compare)
 

@@ -18,6 +18,8 @@ import yaml
 
 from .data.config import DataConfig
 from .errors import LortError
+from .runtime.precision import AMP_MODES
+from .stage2.schedule import DEFAULT_LRS, Schedule, check_lrs
 
 
 @dataclass
@@ -30,7 +32,7 @@ class Stage1Config:
     weight_decay: float = 5e-3
     warmup_epochs: int = 0
     max_norm: float | None = None  # per-class classifier weight-norm bound after each step
-    amp: str = "auto"  # none | auto (bf16 where native: AMX/AVX-512 CPUs, recent GPUs) | bf16 | fp16 (GPU)
+    amp: str = "auto"  # none | auto (bf16 where native: AMX or AVX512_BF16 CPUs, Ampere+ GPUs) | bf16 | fp16 (GPU)
     channels_last: bool = True
     compile: bool = False
     deterministic: bool = True
@@ -44,13 +46,14 @@ class Stage1Config:
 @dataclass
 class Stage2Config:
     methods: list[str] = field(default_factory=lambda: ["all"])
+    params: dict = field(default_factory=dict)  # {method: {hyperparameter: value or list to search}}
     views: int = 1  # training views in the feature cache (1 = plain images)
-    epochs: int = 20
-    batch_size: int = 64
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lrs: list[float] = field(default_factory=lambda: [5e-4, 5e-3, 5e-2])  # searched on validation
-    seed: int = 0
+    epochs: int = Schedule.epochs
+    batch_size: int = Schedule.batch_size
+    momentum: float = Schedule.momentum
+    weight_decay: float = Schedule.weight_decay
+    lrs: list[float] = field(default_factory=lambda: list(DEFAULT_LRS))  # searched on validation
+    seed: int = Schedule.seed
     tta_flip: bool = False  # test-time flip averaging of val/test features (reported when on)
     sweep: bool = True  # the smoothing sweep and the lr x weight-decay grid of the report
 
@@ -98,6 +101,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is str:
         if not isinstance(value, str):
             raise LortError(f"config key {key}: expected a string, got {value!r}")
+        return value
+    if tp is dict:
+        if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+            raise LortError(f"config key {key}: expected a mapping such as {{lort: {{smooth: 0.98}}}}, got {value!r}")
         return value
     return value
 
@@ -170,11 +177,12 @@ def validate(cfg: RunConfig) -> None:
 
     s1 = cfg.stage1
     model_input_size(s1.model)  # unknown model names fail here, before any data is read
-    from .stage2.methods import resolve_methods
-
-    resolve_methods(cfg.stage2.methods)
+    check_lrs([s1.lr], "stage1.lr")
+    check_lrs(cfg.stage2.lrs, "stage2.lrs")
+    s2 = cfg.stage2
+    Schedule(epochs=s2.epochs, lr=s2.lrs[0], momentum=s2.momentum, weight_decay=s2.weight_decay,
+             batch_size=s2.batch_size, seed=s2.seed)  # fmt: skip
     checks = [
-        (s1.lr > 0, f"stage1.lr must be > 0, got {s1.lr}"),
         (s1.epochs >= 1, f"stage1.epochs must be >= 1, got {s1.epochs}"),
         (s1.batch_size >= 1, f"stage1.batch_size must be >= 1, got {s1.batch_size}"),
         (s1.weight_decay >= 0, f"stage1.weight_decay must be >= 0, got {s1.weight_decay}"),
@@ -184,10 +192,7 @@ def validate(cfg: RunConfig) -> None:
             f"stage1.warmup_epochs must lie in [0, epochs), got {s1.warmup_epochs}",
         ),
         (s1.max_norm is None or s1.max_norm > 0, f"stage1.max_norm must be > 0, got {s1.max_norm}"),
-        (
-            s1.amp in ("none", "auto", "bf16", "fp16"),
-            f"stage1.amp must be none, auto, bf16 or fp16, got {s1.amp!r}",
-        ),
+        (s1.amp in AMP_MODES, f"stage1.amp must be one of {', '.join(AMP_MODES)}, got {s1.amp!r}"),
         (
             s1.steps_per_epoch is None or s1.steps_per_epoch >= 1,
             "stage1.steps_per_epoch must be >= 1",
@@ -197,10 +202,6 @@ def validate(cfg: RunConfig) -> None:
             f"data.imbalance_ratio must be >= 1, got {cfg.data.imbalance_ratio}",
         ),
         (cfg.stage2.views >= 1, f"stage2.views must be >= 1, got {cfg.stage2.views}"),
-        (
-            all(lr > 0 for lr in cfg.stage2.lrs) and cfg.stage2.lrs,
-            f"stage2.lrs must be > 0, got {cfg.stage2.lrs}",
-        ),
     ]
     for ok, message in checks:
         if not ok:

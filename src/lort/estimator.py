@@ -28,9 +28,9 @@ from .data.features import FeatureSet
 from .errors import LortError
 from .stage2.compare import fit_method
 from .stage2.heads import CosineHead
-from .stage2.losses import check_smooth, smooth_from_ratio
-from .stage2.methods import get_method
-from .stage2.trainer import Schedule
+from .stage2.losses import DEFAULT_SMOOTH
+from .stage2.methods import Method, get_method
+from .stage2.schedule import Schedule, check_lrs
 
 try:  # scikit-learn is optional: with it, the estimators are scikit-learn estimators
     from sklearn.base import BaseEstimator as _Base
@@ -161,12 +161,9 @@ def check_labels(y, n: int, name: str = "y") -> np.ndarray:
     return y
 
 
-def _as_value_error(check, *args):
-    """Run one of lort's own checks; its LortError becomes the estimator's ValueError."""
-    try:
-        return check(*args)
-    except LortError as exc:
-        raise InputError(str(exc)) from None
+def _plain_values(value):
+    """A numpy array of values to search as a list (the methods take values or lists)."""
+    return value.tolist() if isinstance(value, np.ndarray) else value
 
 
 def _grid_values(value, name: str) -> list:
@@ -192,14 +189,12 @@ class _RetrainerBase(_Mixin, _Base):
     """The shared machinery; subclasses define ``__init__`` (the public parameters) and
     ``_method_and_grid``."""
 
-    def _method_and_grid(self, has_val: bool) -> tuple[str, dict[str, list]]:
+    def _method_and_params(self) -> tuple[Method, dict[str, Any]]:
+        """The stage-2 method and the hyperparameters this estimator fixes (values or lists)."""
         raise NotImplementedError
 
     def _schedule_lrs(self) -> tuple[Schedule, tuple[float, ...]]:
-        lrs = _grid_values(self.lr, "lr")
-        for v in lrs:
-            if not (isinstance(v, int | float) and np.isfinite(v) and v > 0):
-                raise InputError(f"lr must be > 0, got {v!r}")
+        lrs = check_lrs(_grid_values(self.lr, "lr"), "lr")
         seed = 0 if self.random_state is None else self.random_state
         if not isinstance(seed, int | np.integer):
             raise InputError(f"random_state must be an integer or None, got {seed!r}")
@@ -235,7 +230,15 @@ class _RetrainerBase(_Mixin, _Base):
     def fit(self, X, y, X_val=None, y_val=None):
         """Re-train the classifier on features ``X`` (n_samples, n_features) with labels
         ``y``; ``X_val``/``y_val`` (optional) choose the epoch and any listed
-        hyperparameters. Returns ``self``."""
+        hyperparameters. Returns ``self``. Bad input raises ``ValueError``."""
+        try:
+            return self._fit(X, y, X_val, y_val)
+        except LortError as exc:
+            if isinstance(exc, ValueError):
+                raise
+            raise InputError(str(exc)) from None  # lort's own checks surface as the estimator's ValueError
+
+    def _fit(self, X, y, X_val, y_val):
         X = check_features(X, "X")
         y = check_labels(y, len(X))
         try:
@@ -262,16 +265,16 @@ class _RetrainerBase(_Mixin, _Base):
                 raise InputError(f"y_val holds label {_plain(yv[unknown][0])!r}, which is not a class of y")
             splits["val"] = (xv, pos.astype(np.int64))
         has_val = "val" in splits
-        method_name, grid = self._method_and_grid(has_val)
+        method, fixed = self._method_and_params()
         schedule, lrs = self._schedule_lrs()
-        searched = {k: v for k, v in grid.items() if len(v) > 1} | ({"lr": list(lrs)} if len(lrs) > 1 else {})
+        searched = {k: v for k, v in method.fixed_values(fixed).items() if len(v) > 1}
+        searched |= {"lr": list(lrs)} if len(lrs) > 1 else {}
         if searched and not has_val:
             names = ", ".join(searched)
             raise InputError(f"{names} list several values to search; pass X_val and y_val to choose among them")
-        method = get_method(method_name)
         init_w, init_b, init_src = self._init_classifier(len(classes), X.shape[1])
         fs = FeatureSet(splits=splits, classes=[str(c) for c in classes], init_weight=init_w, init_bias=init_b)
-        result = fit_method(method, fs, schedule, lrs if method.trains else None, grid)
+        result = fit_method(method, fs, schedule, lrs if method.trains else None, fixed)
         head = result.head
         w, b = head.linear_params()
         self.classes_ = classes
@@ -341,15 +344,15 @@ class LogitsRetargetingClassifier(_RetrainerBase):
 
     def __init__(
         self,
-        smooth=0.98,
+        smooth=DEFAULT_SMOOTH,
         *,
         target_ratio=None,
         class_balanced: bool = False,
-        epochs: int = 20,
-        lr=5e-4,
-        batch_size: int = 64,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
+        epochs: int = Schedule.epochs,
+        lr=Schedule.lr,
+        batch_size: int = Schedule.batch_size,
+        momentum: float = Schedule.momentum,
+        weight_decay: float = Schedule.weight_decay,
         init_coef=None,
         init_intercept=None,
         warm_start: bool = False,
@@ -357,17 +360,11 @@ class LogitsRetargetingClassifier(_RetrainerBase):
     ) -> None:
         _store_params(self, locals())
 
-    def _method_and_grid(self, has_val: bool) -> tuple[str, dict[str, list]]:
-        name = "lort_balanced" if self.class_balanced else "lort"
+    def _method_and_params(self) -> tuple[Method, dict[str, Any]]:
+        method = get_method("lort_balanced" if self.class_balanced else "lort")
         if self.target_ratio is not None:
-            ratios = _grid_values(self.target_ratio, "target_ratio")
-            for r in ratios:
-                _as_value_error(smooth_from_ratio, r, 2)
-            return name, {"target_ratio": ratios}
-        values = _grid_values(self.smooth, "smooth")
-        for s in values:
-            _as_value_error(check_smooth, s)
-        return name, {"smooth": values}
+            return method, {"target_ratio": _plain_values(self.target_ratio)}
+        return method, {"smooth": _plain_values(self.smooth)}
 
 
 class RetrainingClassifier(_RetrainerBase):
@@ -375,8 +372,8 @@ class RetrainingClassifier(_RetrainerBase):
 
     ``params`` sets the method's own hyperparameters (e.g. ``{"tau": [0.5, 1.0]}`` for
     ``tau_norm``, ``{"beta": 0.9999}`` for ``cb_reweight``); lists are searched on
-    validation data; a method's hyperparameters not given keep their first grid value
-    without validation data and their whole grid with it. The other arguments are as for
+    validation data; a method's hyperparameters not given take their whole grid with
+    validation data and their default (the source's, where it publishes one) without. The other arguments are as for
     :class:`LogitsRetargetingClassifier`."""
 
     def __init__(
@@ -384,11 +381,11 @@ class RetrainingClassifier(_RetrainerBase):
         method: str = "lort",
         *,
         params: dict | None = None,
-        epochs: int = 20,
-        lr=5e-4,
-        batch_size: int = 64,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
+        epochs: int = Schedule.epochs,
+        lr=Schedule.lr,
+        batch_size: int = Schedule.batch_size,
+        momentum: float = Schedule.momentum,
+        weight_decay: float = Schedule.weight_decay,
         init_coef=None,
         init_intercept=None,
         warm_start: bool = False,
@@ -396,23 +393,9 @@ class RetrainingClassifier(_RetrainerBase):
     ) -> None:
         _store_params(self, locals())
 
-    def _method_and_grid(self, has_val: bool) -> tuple[str, dict[str, list]]:
-        method = _as_value_error(get_method, self.method)
-        given = dict(self.params or {})
-        allowed = set(method.grid) | ({"target_ratio"} if "smooth" in method.grid else set())
-        unknown = sorted(set(given) - allowed)
-        if unknown:
-            names = ", ".join(sorted(allowed)) or "none"
-            raise InputError(f"method {self.method!r} has no hyperparameter {unknown[0]!r} (it has: {names})")
-        if "target_ratio" in given:
-            return self.method, {"target_ratio": _grid_values(given["target_ratio"], "target_ratio")}
-        grid = {k: _grid_values(v, k) for k, v in given.items()}
-        if "smooth" in method.grid and "smooth" not in grid and not has_val:
-            grid["smooth"] = [0.98]  # LORT's default when nothing can be searched
-        open_ = [k for k, v in method.grid.items() if k not in grid and len(v) > 1]
-        if open_ and not has_val:
-            raise InputError(
-                f"method {self.method!r} chooses {', '.join(open_)} on validation data: pass X_val and y_val, "
-                f"or fix it, e.g. params={{{open_[0]!r}: {method.grid[open_[0]][0]!r}}}"
-            )
-        return self.method, grid
+    def _method_and_params(self) -> tuple[Method, dict[str, Any]]:
+        method = get_method(self.method)
+        given = self.params or {}
+        if not isinstance(given, dict):
+            raise InputError(f"params must be a dict of hyperparameters, got {given!r}")
+        return method, {k: _plain_values(v) for k, v in given.items()}

@@ -17,8 +17,10 @@ from .env_info import environment
 from .errors import LortError
 from .io import remove_stale_temporaries, sha256_file, write_json, write_text
 from .stage1.train import train
+from .stage2.compare import check_fixed
+from .stage2.methods import resolve_methods
+from .stage2.schedule import Schedule
 from .stage2.sweep import sensitivity_grid, smoothing_sweep
-from .stage2.trainer import Schedule
 from .stage2.workflow import features_from_checkpoint, run_compare
 
 
@@ -36,6 +38,8 @@ def _valid_json(path: Path, **expected) -> dict | None:
 
 
 def run_pipeline(cfg: RunConfig, out: str | Path, command: str | None = None) -> dict:
+    s2 = cfg.stage2
+    check_fixed(s2.params, resolve_methods(s2.methods))  # method names and hyperparameters fail before any work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)  # what killed writers left behind
@@ -74,14 +78,13 @@ def run_pipeline(cfg: RunConfig, out: str | Path, command: str | None = None) ->
     fs = load_features(feats)
     feats_sha = sha256_file(feats)
 
-    s2 = cfg.stage2
     schedule = Schedule(epochs=s2.epochs, lr=s2.lrs[0], momentum=s2.momentum, weight_decay=s2.weight_decay,
                         batch_size=s2.batch_size, seed=s2.seed)  # fmt: skip
     _log("4/6 stage-2 comparison")
     board = _valid_json(out / "compare" / "leaderboard.json", features_sha256=feats_sha)
     if board is None:
         run_compare(fs, s2.methods, out / "compare", schedule, tuple(s2.lrs), str(feats),
-                    progress=lambda m: _log(f"   {m}"))  # fmt: skip
+                    progress=lambda m: _log(f"   {m}"), fixed=s2.params)  # fmt: skip
         board = json.loads((out / "compare" / "leaderboard.json").read_text())
         write_json(out / "compare" / "leaderboard.json", board | {"features_sha256": feats_sha})
     else:

@@ -61,16 +61,18 @@ def iterate_batches(
     augment: BatchAugment | None = None,
     drop_last: bool = False,
     indices: np.ndarray | None = None,
+    normalizer: BatchAugment | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(x, y)`` batches from a uint8 image array (memory-mapped is fine).
 
     ``indices`` restricts and orders the samples (e.g. a rank's shard); ``shuffle``
-    permutes them with ``generator``. Without ``augment`` images are only normalised.
+    permutes them with ``generator``. Without ``augment`` images are only normalised
+    (by ``normalizer``'s mean and std; default CIFAR's).
     """
     order = np.arange(len(labels)) if indices is None else np.asarray(indices)
     if shuffle:
         order = order[torch.randperm(len(order), generator=generator).numpy()]
-    norm = augment or BatchAugment(pad=0, flip=False)
+    norm = normalizer or augment or BatchAugment(pad=0, flip=False)
     stop = len(order) - (len(order) % batch_size if drop_last else 0)
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]

@@ -10,6 +10,7 @@ where there is one, the line. Nothing is skipped silently.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import os
 import pickle
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from ..errors import LortError
 from ..io import atomic_path, md5_file, sha256_file
@@ -63,7 +65,10 @@ def data_root(root: str | os.PathLike | None) -> Path:
     if root is None:
         root = os.environ.get("LORT_DATA")
     if not root:
-        raise LortError("no data location: pass --root DIR or set the LORT_DATA environment variable")
+        raise LortError(
+            "no data location: pass --root DIR or set the LORT_DATA environment variable "
+            "(CIFAR: or add --download, or data.download: true, to fetch the official archive)"
+        )
     path = Path(root).expanduser()
     if not path.exists():
         raise LortError(f"data location {path} does not exist")
@@ -73,21 +78,56 @@ def data_root(root: str | os.PathLike | None) -> Path:
 # --------------------------------------------------------------------------- CIFAR
 
 
-def download(url: str, dest: Path, md5: str) -> Path:
-    """Download ``url`` to ``dest`` atomically and check its MD5."""
+MIRROR_ENV = "LORT_DOWNLOAD_MIRROR"
+
+
+def download_folder() -> Path:
+    """Where downloaded archives go when no data location is set:
+    ``$LORT_CACHE/downloads`` (default ``~/.cache/lort/downloads``)."""
+    cache = os.environ.get("LORT_CACHE") or Path.home() / ".cache" / "lort"
+    return Path(cache).expanduser() / "downloads"
+
+
+def archive_url(spec: dict) -> str:
+    """The official address, or ``$LORT_DOWNLOAD_MIRROR/<archive>`` (a mirror or a local
+    server; the official MD5 is checked all the same)."""
+    mirror = os.environ.get(MIRROR_ENV)
+    return f"{mirror.rstrip('/')}/{spec['archive']}" if mirror else spec["url"]
+
+
+def download(url: str, dest: Path, md5: str, progress: bool = True) -> Path:
+    """Download ``url`` to ``dest`` with a progress bar and check its MD5. The bytes go to a
+    temporary file beside ``dest`` that is renamed only after the whole body arrived and the
+    checksum matched: an interrupted or failed download leaves nothing that is later trusted."""
+    remove_stale_temporaries_of(dest)
     try:
         with atomic_path(dest) as tmp:
             with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as f:
-                while block := resp.read(1 << 20):
-                    f.write(block)
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}",
+                          disable=not progress, leave=False) as bar:  # fmt: skip
+                    received = 0
+                    while block := resp.read(1 << 20):
+                        f.write(block)
+                        received += len(block)
+                        bar.update(len(block))
+            if total is not None and received != total:
+                raise http.client.IncompleteRead(b"", total - received)
             got = md5_file(tmp)
             if got != md5:
-                raise LortError(f"download of {url} failed its checksum: md5 {got}, expected {md5}")
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+                raise LortError(f"download of {url} failed its checksum: md5 {got}, expected {md5}; nothing was kept")
+    except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as exc:
         raise LortError(
-            f"cannot download {url} ({exc}); no network? place {dest.name} in {dest.parent} by hand"
+            f"cannot download {url} ({type(exc).__name__}: {exc}); nothing was kept. No network? "
+            f"Place {dest.name} in {dest.parent} by hand"
         ) from None
     return dest
+
+
+def remove_stale_temporaries_of(dest: Path) -> None:
+    """Delete the temporary files of a killed earlier download of ``dest``."""
+    for tmp in dest.parent.glob(f".{dest.name}.*.tmp") if dest.parent.is_dir() else []:
+        tmp.unlink(missing_ok=True)
 
 
 def _unpickle(data: bytes, where: str) -> dict:
@@ -176,16 +216,20 @@ def read_cifar(name: str, root: str | os.PathLike | None = None, download_ok: bo
     """CIFAR-10 or CIFAR-100 from the official python archive (or its extracted folder).
 
     Also accepts an image-folder copy (``cifar10-jpg.tar.gz`` or ``cifar10-jpg/``) when
-    the official archive is absent. With ``download_ok`` the archive is downloaded from
-    the official address and its MD5 checked.
+    the official archive is absent. With ``download_ok`` a missing archive is downloaded
+    from the official address (or ``LORT_DOWNLOAD_MIRROR``) and its MD5 checked, into the
+    data location when one is set (``root`` or ``LORT_DATA``, created if need be), else
+    into :func:`download_folder`.
     """
     if name not in CIFAR:
         raise LortError(f"unknown CIFAR dataset {name!r}; choose cifar10 or cifar100")
     spec = CIFAR[name]
-    root_path = data_root(root) if (root or os.environ.get("LORT_DATA") or not download_ok) else None
-    if root_path is None:
-        root_path = Path.home() / ".cache" / "lort" / "downloads"
+    given = root or os.environ.get("LORT_DATA")
+    if download_ok:
+        root_path = Path(given).expanduser() if given else download_folder()
         root_path.mkdir(parents=True, exist_ok=True)
+    else:
+        root_path = data_root(root)
     candidates = [root_path / spec["folder"], root_path / spec["archive"]]
     source = next((c for c in candidates if c.exists()), None)
     if source is None:
@@ -193,7 +237,7 @@ def read_cifar(name: str, root: str | os.PathLike | None = None, download_ok: bo
             if (root_path / alt).exists():
                 return read_image_folder(root_path / alt, name=name)
     if source is None and download_ok:
-        source = download(spec["url"], root_path / spec["archive"], spec["md5"])
+        source = download(archive_url(spec), root_path / spec["archive"], spec["md5"])
     if source is None:
         raise LortError(
             f"{name}: found neither {spec['archive']} nor {spec['folder']}/ nor "

@@ -3,7 +3,7 @@ DataLoader workers and the standard 224-pixel transforms, written with Pillow an
 
 Train: random-resized crop (scale 0.08-1, ratio 3/4-4/3) to 224 and horizontal flip.
 Eval: resize the shorter side to 256, centre-crop 224. Both normalise with the
-ImageNet mean and standard deviation.
+ImageNet mean and standard deviation unless another normalisation is given.
 """
 
 from __future__ import annotations
@@ -16,9 +16,34 @@ import torch
 from PIL import Image
 
 from ..errors import LortError
+from .augment import CIFAR_MEAN, CIFAR_STD
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Named input normalisations (mean, std per RGB channel, on [0, 1] pixels).
+NORMALIZATIONS = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "cifar": (CIFAR_MEAN, CIFAR_STD),
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+
+
+def normalization(name: str | None = None, mean=None, std=None) -> tuple[tuple, tuple]:
+    """``(mean, std)`` from a name in :data:`NORMALIZATIONS` or explicit 3-channel values
+    (explicit values win; both must then be given, std > 0)."""
+    if mean is not None or std is not None:
+        if mean is None or std is None:
+            raise LortError("give both mean and std (three values each), or a normalisation name")
+        mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        if len(mean) != 3 or len(std) != 3:
+            raise LortError(f"mean and std need three values (R, G, B), got {len(mean)} and {len(std)}")
+        if min(std) <= 0:
+            raise LortError(f"std values must be > 0, got {std}")
+        return mean, std
+    if name not in NORMALIZATIONS:
+        raise LortError(f"unknown normalisation {name!r}; choose {', '.join(NORMALIZATIONS)} or give mean and std")
+    return NORMALIZATIONS[name]
 
 
 def random_resized_crop(img: Image.Image, size: int, rng: random.Random, scale=(0.08, 1.0)) -> Image.Image:
@@ -61,8 +86,18 @@ class ImagePathDataset(torch.utils.data.Dataset):
     reproducible whatever the number of workers; call :meth:`set_epoch` each epoch.
     """
 
-    def __init__(self, paths: list[str], labels: np.ndarray, train: bool, size: int = 224, seed: int = 0):
+    def __init__(
+        self,
+        paths: list[str],
+        labels: np.ndarray,
+        train: bool,
+        size: int = 224,
+        seed: int = 0,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    ):
         self.paths = paths
+        self.mean, self.std = mean, std
         self.labels = np.asarray(labels, dtype=np.int64)
         self.train = train
         self.size = size
@@ -89,4 +124,4 @@ class ImagePathDataset(torch.utils.data.Dataset):
                 img = img.transpose(Image.FLIP_LEFT_RIGHT)
         else:
             img = center_crop(img, self.size, round(self.size * 256 / 224))
-        return to_tensor(img), int(self.labels[i])
+        return to_tensor(img, self.mean, self.std), int(self.labels[i])

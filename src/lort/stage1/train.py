@@ -9,7 +9,6 @@ all randomness of an epoch comes from generators seeded by ``(seed, epoch, rank)
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -32,8 +31,9 @@ from ..env_info import environment
 from ..errors import LortError
 from ..io import remove_stale_temporaries, write_json, write_text
 from ..models import create_model, model_input_size
-from .checkpoint import load_model_state, read_checkpoint, save_checkpoint
-from .distributed import DistInfo, barrier, cleanup, setup_distributed
+from ..runtime.checkpoint import load_model_state, read_checkpoint, save_checkpoint
+from ..runtime.distributed import DistInfo, barrier, cleanup, setup_distributed
+from ..runtime.precision import Precision, autocast, choose_precision
 
 
 def seeded(*parts: int) -> torch.Generator:
@@ -125,31 +125,6 @@ def predict(
     return torch.cat(outs).numpy()
 
 
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` (none | auto | bf16 | fp16) on ``device``.
-
-    ``auto`` takes bf16 where the hardware runs it natively (CUDA with bf16 support; CPUs
-    with AVX-512 BF16 / AMX through oneDNN) and full precision elsewhere. fp16 is for
-    CUDA only (with a gradient scaler)."""
-    if amp == "none":
-        return None
-    if device.type == "cuda":
-        if amp == "fp16":
-            return torch.float16
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() or amp == "bf16" else None
-    if amp == "fp16":
-        return None
-    native = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
-    return torch.bfloat16 if native or amp == "bf16" else None
-
-
-def autocast(amp: str, device: torch.device):
-    dtype = autocast_dtype(amp, device)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def train_one_epoch(
     model: nn.Module,
     classifier: nn.Linear,
@@ -161,6 +136,7 @@ def train_one_epoch(
     info: DistInfo,
     epoch: int,
     steps: int,
+    precision: Precision | None = None,
 ) -> dict:
     model.train()
     s1 = cfg.stage1
@@ -179,7 +155,7 @@ def train_one_epoch(
             break
         x = x.to(info.device, memory_format=memory_format, non_blocking=True)
         y = y.to(info.device, non_blocking=True)
-        with autocast(s1.amp, info.device):
+        with autocast(precision, info.device):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
         if not torch.isfinite(loss):
@@ -295,11 +271,16 @@ def _train(cfg: RunConfig, out: Path, resume: bool, dataset: LongTailedDataset |
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None
         )
     train_fn = torch.compile(model) if s1.compile else model
+    precision = choose_precision(s1.amp, info.device)
     metrics_path = out / "metrics.jsonl"
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", dump_yaml(cfg))
-        write_json(out / "environment.json", environment(s1.seed) | {"world_size": info.world_size})
+        write_json(
+            out / "environment.json",
+            environment(s1.seed) | {"world_size": info.world_size, "precision": precision.to_dict()},
+        )
+        tqdm.write(f"stage 1 precision: {precision.name} ({precision.reason})")
         write_json(out / "dataset.json", ds.summary())
         remove_stale_temporaries(out)  # a writer killed before its rename
         if ckpt is not None and "metrics" in ckpt:  # the log as of the checkpoint (a kill may fall in between)
@@ -315,7 +296,9 @@ def _train(cfg: RunConfig, out: Path, resume: bool, dataset: LongTailedDataset |
     for epoch in range(start_epoch, s1.epochs):
         batches = train_batches(ds.train, epoch, cfg, info, input_size)
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-        record |= train_one_epoch(train_fn, classifier, batches, optimizer, scheduler, scaler, cfg, info, epoch, steps)
+        record |= train_one_epoch(
+            train_fn, classifier, batches, optimizer, scheduler, scaler, cfg, info, epoch, steps, precision
+        )
         if (
             info.is_main
             and ds.val is not None

@@ -1,23 +1,32 @@
-"""Stage 2: classifier re-training on a frozen representation (LORT and baselines)."""
+"""Stage 2: classifier re-training on a frozen representation (LORT and baselines).
 
-from .compare import compare, evaluate_test, fit_method
-from .losses import LogitsRetargetingLoss, lort_target, ratio_from_smooth, smooth_from_ratio
-from .methods import METHODS, Method, get_method, register_method, resolve_methods
-from .trainer import Schedule, fit_head
+Names are imported lazily, so that a leaf such as :mod:`lort.stage2.schedule` can be
+imported (by the configuration, say) without loading the methods."""
 
-__all__ = [
-    "METHODS",
-    "LogitsRetargetingLoss",
-    "Method",
-    "Schedule",
-    "compare",
-    "evaluate_test",
-    "fit_head",
-    "fit_method",
-    "get_method",
-    "lort_target",
-    "ratio_from_smooth",
-    "register_method",
-    "resolve_methods",
-    "smooth_from_ratio",
-]
+_EXPORTS = {
+    "compare": "compare",
+    "evaluate_test": "compare",
+    "fit_method": "compare",
+    "LogitsRetargetingLoss": "losses",
+    "lort_target": "losses",
+    "ratio_from_smooth": "losses",
+    "smooth_from_ratio": "losses",
+    "METHODS": "methods",
+    "Method": "methods",
+    "get_method": "methods",
+    "register_method": "methods",
+    "resolve_methods": "methods",
+    "Param": "params",
+    "Schedule": "schedule",
+    "fit_head": "trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,19 +13,19 @@ import torch
 
 from ..analysis.metrics import accuracy_report
 from ..data.features import FeatureSet
+from ..errors import LortError
 from .heads import Head, LinearHead
 from .losses import grouped_cross_entropy
 from .methods import FitContext, Method
-from .trainer import Schedule, fit_head
-
-DEFAULT_LRS = (5e-4, 5e-3, 5e-2)
+from .schedule import DEFAULT_LRS, Schedule
+from .trainer import fit_head
 
 
 def _balanced(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Mean per-class accuracy (over the classes present) of predictions ``(G, N)``."""
     correct = (preds == labels).double()
     total = torch.bincount(labels, minlength=num_classes).double()
-    hits = torch.zeros(len(preds), num_classes, dtype=torch.float64).index_add_(1, labels, correct)
+    hits = torch.zeros(len(preds), num_classes, dtype=torch.float64, device=preds.device).index_add_(1, labels, correct)
     present = total > 0
     return (hits[:, present] / total[present]).mean(1)
 
@@ -85,19 +85,19 @@ class MethodResult:
 CE_INIT_LRS = (5e-3, 5e-2, 0.5)
 
 
-def ce_classifier(fs: FeatureSet, schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor]:
+def ce_classifier(fs: FeatureSet, schedule: Schedule, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """A plain cross-entropy classifier fitted from zero on the training features, for
     methods that warm-start when the features carry no classifier (``init_weight``).
     Its learning rate (of ``CE_INIT_LRS``) and epoch are chosen on validation when there
     is a validation split, else the middle rate and the last epoch are used."""
-    x, y = (torch.as_tensor(a) for a in fs.splits["train"])
+    x, y = (torch.as_tensor(a, device=device) for a in fs.splits["train"])
     k = fs.num_classes
     val = fs.splits.get("val")
     has_val = val is not None and len(val[1]) > 0
     lrs = CE_INIT_LRS if has_val else CE_INIT_LRS[1:2]
-    xv, yv = (torch.as_tensor(a) for a in val) if has_val else (None, None)
+    xv, yv = (torch.as_tensor(a, device=device) for a in val) if has_val else (None, None)
     head, curves = fit_head(
-        LinearHead(torch.zeros(k, x.shape[1]), torch.zeros(k), len(lrs)), x, y,
+        LinearHead(x.new_zeros(k, x.shape[1]), x.new_zeros(k), len(lrs)), x, y,
         lambda logits, labels, epoch: grouped_cross_entropy(logits, labels), dataclasses.replace(schedule, epochs=max(schedule.epochs, 1)),
         score_fn=(lambda h: head_balanced_accuracy(h, xv, yv, k)) if has_val else None, lr=list(lrs), num_classes=k,
     )  # fmt: skip
@@ -107,17 +107,25 @@ def ce_classifier(fs: FeatureSet, schedule: Schedule) -> tuple[torch.Tensor, tor
     return w[g].clone(), b[g].clone()
 
 
-def context(fs: FeatureSet, schedule: Schedule, seed: int = 0) -> FitContext:
+def stage2_device(device=None) -> torch.device:
+    """The device stage 2 runs on: ``device`` if given, else the CPU."""
+    return torch.device(device if device is not None else "cpu")
+
+
+def context(fs: FeatureSet, schedule: Schedule, seed: int = 0, device=None) -> FitContext:
+    """What the methods see, with the training features moved once to ``device``."""
+    device = stage2_device(device)
     x, y = fs.splits["train"]
     k = fs.num_classes
     if fs.init_weight is not None:
-        w = torch.as_tensor(fs.init_weight, dtype=torch.float32)
-        b = torch.as_tensor(fs.init_bias if fs.init_bias is not None else np.zeros(k), dtype=torch.float32)
+        w = torch.as_tensor(fs.init_weight, dtype=torch.float32, device=device)
+        b = torch.as_tensor(fs.init_bias if fs.init_bias is not None else np.zeros(k), dtype=torch.float32,
+                            device=device)  # fmt: skip
     else:
-        w, b = ce_classifier(fs, schedule)
+        w, b = ce_classifier(fs, schedule, device)
     return FitContext(
-        x=torch.as_tensor(x),
-        y=torch.as_tensor(y),
+        x=torch.as_tensor(x, device=device),
+        y=torch.as_tensor(y, device=device),
         counts=fs.train_counts,
         init_weight=w,
         init_bias=b,
@@ -126,9 +134,13 @@ def context(fs: FeatureSet, schedule: Schedule, seed: int = 0) -> FitContext:
     )
 
 
+def head_device(head: Head) -> torch.device:
+    return next(iter(head.state_dict().values())).device
+
+
 def logits_of(head: Head, x) -> np.ndarray:
     with torch.no_grad():
-        return head.predict_logits(torch.as_tensor(x, dtype=torch.float32)).numpy()
+        return head.predict_logits(torch.as_tensor(x, dtype=torch.float32, device=head_device(head))).cpu().numpy()
 
 
 def fit_method(
@@ -136,25 +148,29 @@ def fit_method(
     fs: FeatureSet,
     schedule: Schedule | None = None,
     lrs: tuple[float, ...] | None = DEFAULT_LRS,
-    grid: dict[str, list] | None = None,
+    fixed: dict[str, Any] | None = None,
     ctx: FitContext | None = None,
     train_source=None,
+    device=None,
 ) -> MethodResult:
     """Search ``method``'s grid (and ``lrs``, for methods that train) on validation.
 
-    All settings of a trained method are fitted side by side in one pass of the loop.
-    Returns the classifier of the best (hyperparameters, epoch) by validation balanced
-    accuracy (the first on ties). Without a validation split the first grid point, the
+    ``fixed`` sets hyperparameters of the method (a value, or a list to search), checked
+    against its declarations. All settings of a trained method are fitted side by side in
+    one pass of the loop. Returns the classifier of the best (hyperparameters, epoch) by
+    validation balanced accuracy (the first on ties). Without a validation split every
+    hyperparameter not fixed takes its default (the source's, where it publishes one), the
     schedule's lr and the last epoch are used, and the result says so. Test data is
     never touched here. ``train_source`` replaces the cached training features (full
-    mode: :class:`lort.stage2.full.BackboneFeatures`)."""
+    mode: :class:`lort.stage2.full.BackboneFeatures`). ``device`` (default CPU) is where
+    the features are moved once and every classifier trains, unless ``ctx`` gives it."""
     schedule = schedule or Schedule()
-    ctx = ctx or context(fs, schedule, schedule.seed)
+    ctx = ctx or context(fs, schedule, schedule.seed, device)
     val = fs.splits.get("val")
     has_val = val is not None and len(val[1]) > 0
     k = fs.num_classes
     t0 = time.perf_counter()
-    points = method.grid_points(grid)
+    points = method.settings(fixed, search=has_val)
     if not has_val:
         points = points[:1]
     if method.trains:
@@ -162,8 +178,8 @@ def fit_method(
         settings = [hp | {"lr": lr} for hp in points for lr in lr_values]
     else:
         settings = points
-    xv = torch.as_tensor(val[0]) if has_val else None
-    yv = torch.as_tensor(val[1]) if has_val else None
+    xv = torch.as_tensor(val[0], device=ctx.device) if has_val else None
+    yv = torch.as_tensor(val[1], device=ctx.device) if has_val else None
     search = []
     if method.trains:
         head, curves = fit_head(
@@ -192,7 +208,7 @@ def fit_method(
     point, epoch = search[best]["hyperparameters"], search[best]["epoch"]
     val_report = accuracy_report(logits_of(chosen, val[0]), val[1], fs.train_counts) if has_val else None
     if not has_val:
-        point = point | {"note": "no validation split: nothing searched"}
+        point = point | {"note": "no validation split: defaults, nothing searched"}
     return MethodResult(
         method=method.name,
         title=method.title,
@@ -203,6 +219,20 @@ def fit_method(
         head=chosen,
         search=search,
     )
+
+
+def check_fixed(fixed: dict[str, dict[str, Any]] | None, methods: list[Method]) -> dict[str, dict[str, Any]]:
+    """``{method: {hyperparameter: value}}`` checked against the methods compared: an
+    unknown method, or a hyperparameter the method does not declare, is refused."""
+    fixed = dict(fixed or {})
+    names = [m.name for m in methods]
+    for name, values in fixed.items():
+        if name not in names:
+            raise LortError(
+                f"hyperparameters given for {name!r}, which is not among the methods compared ({', '.join(names)})"
+            )
+        next(m for m in methods if m.name == name).fixed_values(values)
+    return fixed
 
 
 def evaluate_test(result: MethodResult, fs: FeatureSet) -> np.ndarray:
@@ -218,18 +248,22 @@ def compare(
     methods: list[Method],
     schedule: Schedule | None = None,
     lrs: tuple[float, ...] | None = DEFAULT_LRS,
-    grid: dict[str, list] | None = None,
+    fixed: dict[str, dict[str, Any]] | None = None,
     progress=None,
     train_source=None,
+    device=None,
 ) -> list[MethodResult]:
-    """Fit every method (selection on validation), then evaluate each on test once."""
+    """Fit every method (selection on validation), then evaluate each on test once.
+    ``fixed`` maps a method name to hyperparameters it fixes (see :func:`fit_method`);
+    ``device``: where the features go (once) and the classifiers train; default CPU."""
     schedule = schedule or Schedule()
-    ctx = context(fs, schedule, schedule.seed)
+    fixed = check_fixed(fixed, methods)
+    ctx = context(fs, schedule, schedule.seed, device)
     results = []
     for method in methods:
         if progress:
             progress(method.name)
-        results.append(fit_method(method, fs, schedule, lrs, grid, ctx, train_source))
+        results.append(fit_method(method, fs, schedule, lrs, fixed.get(method.name), ctx, train_source))
     for r in results:
         evaluate_test(r, fs)
     return results

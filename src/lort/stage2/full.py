@@ -38,5 +38,5 @@ class BackboneFeatures:
     @torch.no_grad()
     def batch(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:
         self.model.train(self.bn_mode == "train")
-        x = self.augment(torch.from_numpy(np.ascontiguousarray(self.images[idx.numpy()])), self.gen)
+        x = self.augment(torch.from_numpy(np.ascontiguousarray(self.images[idx.cpu().numpy()])), self.gen)
         return self.model.forward_features(x.to(self.device, memory_format=torch.channels_last)).float().cpu()

@@ -60,7 +60,7 @@ class LWSHead(Head):
         super().__init__()
         self.register_buffer("weight", stacked(weight, groups, 2))
         self.register_buffer("bias", stacked(bias, groups, 1))
-        init = torch.ones(self.weight.shape[:2]) if scale is None else scale.detach().clone()
+        init = torch.ones(self.weight.shape[:2], device=self.weight.device) if scale is None else scale.detach().clone()
         self.scale = nn.Parameter(init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,7 +90,7 @@ class CosineHead(Head):
     def linear_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Equivalent weights for normalised inputs: ``scale * W / ||W||`` and zero bias."""
         w = self.scale * F.normalize(self.weight.detach(), dim=2)
-        return w, torch.zeros(w.shape[:2])
+        return w, w.new_zeros(w.shape[:2])
 
     def select(self, g: int) -> CosineHead:
         return CosineHead(self.weight[g], self.scale, self.weight.requires_grad)

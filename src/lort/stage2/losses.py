@@ -16,19 +16,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import LortError
+from .params import Param
+
+DEFAULT_SMOOTH = 0.98  # LORT's s, as published
+
+# LORT's two parametrisations, declared once: the method, the loss and the estimator all check with these.
+SMOOTH = Param(
+    "smooth", default=DEFAULT_SMOOTH, source_default=DEFAULT_SMOOTH, grid=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99),
+    low=0.0, high=1.0, high_open=True, doc="s of the target (1 - s) * onehot + s / K",
+)  # fmt: skip
+TARGET_RATIO = Param(
+    "target_ratio", default=None, low=1.0, low_open=True,
+    doc="K-independent alternative to s: true-class over other-class target, r = 1 + K(1 - s)/s",
+)  # fmt: skip
 
 
 def check_smooth(smooth: float) -> float:
-    if not (isinstance(smooth, int | float) and math.isfinite(smooth) and 0 <= smooth < 1):
-        raise LortError(f"smoothing value s must lie in [0, 1), got {smooth!r}")
-    return float(smooth)
+    return SMOOTH.check(smooth, "LORT")
 
 
 def smooth_from_ratio(ratio: float, num_classes: int) -> float:
     """The ``s`` whose target gives the true class ``ratio`` times the mass of each other class."""
-    if not (isinstance(ratio, int | float) and math.isfinite(ratio) and ratio > 1):
-        raise LortError(f"target ratio must be > 1, got {ratio!r}")
+    ratio = TARGET_RATIO.check(ratio, "LORT")
     return num_classes / (num_classes + ratio - 1.0)
 
 
@@ -39,7 +48,7 @@ def ratio_from_smooth(smooth: float, num_classes: int) -> float:
 
 def lort_target(labels: torch.Tensor, num_classes: int, smooth: float) -> torch.Tensor:
     """``(1 - s) * onehot + s / K`` as an ``(N, K)`` float tensor."""
-    return grouped_lort_target(labels, num_classes, torch.tensor([check_smooth(smooth)]))[0]
+    return grouped_lort_target(labels, num_classes, torch.tensor([check_smooth(smooth)], device=labels.device))[0]
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, sample_weight=None) -> torch.Tensor:
@@ -56,12 +65,12 @@ class LogitsRetargetingLoss(nn.Module):
     >>> loss(logits, labels)                              # doctest: +SKIP
     """
 
-    def __init__(self, smooth: float | None = 0.98, target_ratio: float | None = None) -> None:
+    def __init__(self, smooth: float | None = DEFAULT_SMOOTH, target_ratio: float | None = None) -> None:
         super().__init__()
         if target_ratio is not None:
-            smooth_from_ratio(target_ratio, 2)  # validate now; s depends on K at call time
+            target_ratio = TARGET_RATIO.check(target_ratio, "LogitsRetargetingLoss")  # s depends on K at call time
         else:
-            check_smooth(smooth)
+            smooth = SMOOTH.check(smooth, "LogitsRetargetingLoss")
         self.smooth = smooth
         self.target_ratio = target_ratio
 
@@ -76,10 +85,11 @@ class LogitsRetargetingLoss(nn.Module):
 
 
 # ----------------------------------------------------------------------------- baselines' pieces
+# Class-count constants are computed on the CPU from numpy; methods move them to the features' device.
 
 
 def log_prior(counts: np.ndarray) -> torch.Tensor:
-    counts = torch.as_tensor(np.asarray(counts), dtype=torch.float32)
+    counts = torch.from_numpy(np.asarray(counts, dtype=np.float32))
     return torch.log(counts / counts.sum())
 
 
@@ -87,7 +97,7 @@ def effective_number_weights(counts: np.ndarray, beta: float = 0.9999) -> torch.
     """Class-balanced weights ``(1 - beta) / (1 - beta^n_k)`` scaled to mean 1 (Cui et al., 2019)."""
     counts = np.asarray(counts, dtype=np.float64)
     w = (1.0 - beta) / (1.0 - np.power(beta, counts))
-    return torch.as_tensor(w / w.mean(), dtype=torch.float32)
+    return torch.from_numpy((w / w.mean()).astype(np.float32))
 
 
 def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float, weight=None) -> torch.Tensor:
@@ -103,7 +113,7 @@ def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float, weight=
 def ldam_margins(counts: np.ndarray, max_margin: float = 0.5) -> torch.Tensor:
     """LDAM margins ``m_k ∝ n_k^(-1/4)``, the largest equal to ``max_margin`` (Cao et al., 2019)."""
     m = 1.0 / np.power(np.asarray(counts, dtype=np.float64), 0.25)
-    return torch.as_tensor(m * (max_margin / m.max()), dtype=torch.float32)
+    return torch.from_numpy((m * (max_margin / m.max())).astype(np.float32))
 
 
 def label_aware_smoothing(counts: np.ndarray, head: float, tail: float) -> torch.Tensor:
@@ -112,7 +122,7 @@ def label_aware_smoothing(counts: np.ndarray, head: float, tail: float) -> torch
     counts = np.asarray(counts, dtype=np.float64)
     span = max(counts.max() - counts.min(), 1.0)
     eps = tail + (head - tail) * np.sin(0.5 * np.pi * (counts - counts.min()) / span)
-    return torch.as_tensor(eps, dtype=torch.float32)
+    return torch.from_numpy(eps.astype(np.float32))
 
 
 def grouped_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight=None) -> torch.Tensor:
@@ -135,7 +145,7 @@ def grouped_soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> to
 
 def grouped_lort_target(labels: torch.Tensor, num_classes: int, smooth: torch.Tensor) -> torch.Tensor:
     """LORT targets for G smoothing values ``smooth`` (G,): ``(G, B, K)``."""
-    s = smooth.view(-1, 1, 1)
+    s = smooth.to(labels.device).view(-1, 1, 1)
     onehot = F.one_hot(labels, num_classes).float().unsqueeze(0)
     return (1.0 - s) * onehot + s / num_classes
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..errors import LortError
 from . import losses as L
 from .heads import CosineHead, Head, LinearHead, LWSHead
+from .params import Param
 from .trainer import LossFn
 
 
@@ -39,6 +40,15 @@ class FitContext:
     def num_classes(self) -> int:
         return len(self.counts)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the features live; every tensor a method builds goes there."""
+        return self.x.device
+
+    def tensor(self, values) -> torch.Tensor:
+        """``values`` (a list, array or CPU tensor) as a float32 tensor on :attr:`device`."""
+        return torch.as_tensor(values, dtype=torch.float32, device=self.device)
+
 
 class Method:
     name = ""
@@ -46,12 +56,40 @@ class Method:
     source = ""
     sampler = "natural"
     trains = True
-    grid: dict[str, list] = {}
+    params: tuple[Param, ...] = ()  # the method's hyperparameters, declared once (see lort.stage2.params)
 
-    def grid_points(self, overrides: dict[str, list] | None = None) -> list[dict[str, Any]]:
-        grid = {**self.grid, **{k: v for k, v in (overrides or {}).items() if k in self.grid}}
-        keys = list(grid)
-        return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
+    @property
+    def grid(self) -> dict[str, list]:
+        """The values each hyperparameter takes in a validation search."""
+        return {p.name: list(p.grid) for p in self.params if p.grid}
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        names = ", ".join(p.name for p in self.params) or "none"
+        raise LortError(f"method {self.name} has no hyperparameter {name!r} (its hyperparameters: {names})")
+
+    def has_param(self, name: str) -> bool:
+        return any(p.name == name for p in self.params)
+
+    def fixed_values(self, fixed: dict[str, Any] | None) -> dict[str, list]:
+        """``fixed`` ({name: value or list of values}) checked against the declarations."""
+        return {name: self.param(name).values(value, f"method {self.name}") for name, value in (fixed or {}).items()}
+
+    def settings(self, fixed: dict[str, Any] | None = None, search: bool = True) -> list[dict[str, Any]]:
+        """The hyperparameter settings to train: every combination of each parameter's
+        values — those ``fixed`` here (a value or a list), else its grid when ``search``
+        (there is validation data to choose on), else its default."""
+        values = self.fixed_values(fixed)
+        for p in self.params:
+            if p.name not in values:
+                if search and p.grid:
+                    values[p.name] = list(p.grid)
+                elif p.default is not None:
+                    values[p.name] = [p.default]
+        keys = list(values)
+        return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(values[k] for k in keys))]
 
     # Each piece receives the list of G hyperparameter settings trained side by side.
 
@@ -72,12 +110,12 @@ class Method:
         return head
 
     def describe(self) -> str:
-        grid = ", ".join(f"{k} in {v}" for k, v in self.grid.items()) or "none"
-        return f"{self.title} — {self.source}. Sampler: {self.sampler}. Searched on validation: {grid}."
+        params = "; ".join(p.describe() for p in self.params) or "none"
+        return f"{self.title} — {self.source}. Sampler: {self.sampler}. Hyperparameters: {params}."
 
 
 METHODS: dict[str, Method] = {}
-TAU_GRID = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0]  # post-hoc tau values searched on validation
+TAU_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # post-hoc tau values searched on validation
 
 
 def register_method(cls: type[Method]) -> type[Method]:
@@ -98,12 +136,12 @@ def resolve_methods(names: list[str]) -> list[Method]:
 
 
 def _reinit(ctx: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(ctx.seed)
+    gen = torch.Generator().manual_seed(ctx.seed)  # drawn on the CPU: the same weights on every device
     k, d = ctx.init_weight.shape
     bound = 1.0 / d**0.5
-    w = (torch.rand(k, d, generator=gen) * 2 - 1) * bound
-    b = (torch.rand(k, generator=gen) * 2 - 1) * bound
-    return w, b
+    w = (torch.rand(k, d, generator=gen, device="cpu") * 2 - 1) * bound
+    b = (torch.rand(k, generator=gen, device="cpu") * 2 - 1) * bound
+    return ctx.tensor(w), ctx.tensor(b)
 
 
 # ----------------------------------------------------------------------------- the methods
@@ -121,18 +159,22 @@ class LORT(Method):
     name = "lort"
     title = "LORT (logits retargeting)"
     source = "Lu et al., Rethinking Classifier Re-Training in Long-Tailed Recognition: A Simple Logits Retargeting Approach (ICLR 2025)"
-    grid = {"smooth": [0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99]}
+    params = (L.SMOOTH, L.TARGET_RATIO)
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
         k = ctx.num_classes
-        smooth = torch.tensor([self.smooth_value(hp, k) for hp in hps])
+        smooth = ctx.tensor([self.smooth_value(hp, k) for hp in hps])
         return lambda logits, y, epoch: L.grouped_soft_cross_entropy(logits, L.grouped_lort_target(y, k, smooth))
 
-    def grid_points(self, overrides: dict[str, list] | None = None) -> list[dict[str, Any]]:
+    def settings(self, fixed: dict[str, Any] | None = None, search: bool = True) -> list[dict[str, Any]]:
         """``smooth`` values, or — given ``target_ratio`` values — the K-independent ratios."""
-        if overrides and overrides.get("target_ratio"):
-            return [{"target_ratio": r} for r in overrides["target_ratio"]]
-        return super().grid_points(overrides)
+        if fixed and fixed.get("target_ratio") is not None:
+            if fixed.get("smooth") is not None:
+                raise LortError(f"method {self.name}: give smooth or target_ratio, not both")
+            return [
+                {"target_ratio": r} for r in self.fixed_values({"target_ratio": fixed["target_ratio"]})["target_ratio"]
+            ]
+        return super().settings({k: v for k, v in (fixed or {}).items() if k != "target_ratio"}, search)
 
     @staticmethod
     def smooth_value(hp: dict, num_classes: int) -> float:
@@ -177,12 +219,12 @@ class TauNorm(Method):
     title = "tau-normalisation"
     source = "Kang et al. (ICLR 2020): W_k / ||W_k||^tau, bias dropped, no training"
     trains = False
-    grid = {"tau": TAU_GRID}
+    params = (Param("tau", default=1.0, source_default=1.0, grid=TAU_GRID, low=0.0, doc="W_k / ||W_k||^tau"),)
 
     def posthoc(self, head: Head, ctx: FitContext, hp: dict) -> Head:
         w = ctx.init_weight
         norms = w.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return LinearHead(w / norms ** hp["tau"], torch.zeros(len(w)))
+        return LinearHead(w / norms ** hp["tau"], w.new_zeros(len(w)))
 
 
 @register_method
@@ -193,10 +235,14 @@ class WeightBalancing(Method):
         "Alshammari et al., Long-Tailed Recognition via Weight Balancing (CVPR 2022): class-balanced "
         "loss, weight decay and MaxNorm (bound = scale x mean stage-1 class-weight norm)"
     )
-    grid = {"weight_decay": [5e-4, 5e-3, 5e-2], "max_norm_scale": [0.5, 1.0]}
+    params = (
+        Param("weight_decay", default=5e-4, grid=(5e-4, 5e-3, 5e-2), low=0.0),
+        Param("max_norm_scale", default=0.5, grid=(0.5, 1.0), low=0.0, low_open=True,
+              doc="MaxNorm bound as a multiple of the mean stage-1 class-weight norm"),
+    )  # fmt: skip
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
-        w = L.effective_number_weights(ctx.counts)
+        w = ctx.tensor(L.effective_number_weights(ctx.counts))
         return lambda logits, y, epoch: L.grouped_cross_entropy(logits, y, w)
 
     def weight_decay(self, hps: list[dict]) -> list[float]:
@@ -214,7 +260,7 @@ class BalancedSoftmax(Method):
     source = "Ren et al., Balanced Meta-Softmax for Long-Tailed Visual Recognition (NeurIPS 2020)"
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
-        prior = L.log_prior(ctx.counts)
+        prior = ctx.tensor(L.log_prior(ctx.counts))
         return lambda logits, y, epoch: L.grouped_cross_entropy(logits + prior, y)
 
 
@@ -223,11 +269,11 @@ class LogitAdjustedLoss(Method):
     name = "la_loss"
     title = "Logit-adjusted loss"
     source = "Menon et al., Long-Tail Learning via Logit Adjustment (ICLR 2021)"
-    grid = {"tau": [1.0]}
+    params = (Param("tau", default=1.0, source_default=1.0, grid=(1.0,), low=0.0, doc="scale of the log prior"),)
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
-        tau = torch.tensor([hp["tau"] for hp in hps]).view(-1, 1, 1)
-        prior = L.log_prior(ctx.counts) * tau
+        tau = ctx.tensor([hp["tau"] for hp in hps]).view(-1, 1, 1)
+        prior = ctx.tensor(L.log_prior(ctx.counts)) * tau
         return lambda logits, y, epoch: L.grouped_cross_entropy(logits + prior, y)
 
 
@@ -237,10 +283,10 @@ class LogitAdjustmentPosthoc(Method):
     title = "Post-hoc logit adjustment"
     source = "Menon et al. (ICLR 2021): stage-1 logits minus tau * log prior, no training"
     trains = False
-    grid = {"tau": TAU_GRID}
+    params = (Param("tau", default=1.0, source_default=1.0, grid=TAU_GRID, low=0.0, doc="scale of the log prior"),)
 
     def posthoc(self, head: Head, ctx: FitContext, hp: dict) -> Head:
-        return LinearHead(ctx.init_weight, ctx.init_bias - hp["tau"] * L.log_prior(ctx.counts))
+        return LinearHead(ctx.init_weight, ctx.init_bias - hp["tau"] * ctx.tensor(L.log_prior(ctx.counts)))
 
 
 @register_method
@@ -252,10 +298,14 @@ class LabelAwareSmoothing(Method):
         "smoothing from head to tail, class-balanced sampling (no BN shift on cached features)"
     )
     sampler = "balanced"
-    grid = {"smooth_head_tail": [(0.3, 0.0), (0.4, 0.1)]}
+    params = (
+        Param("smooth_head_tail", default=(0.3, 0.0), source_default=(0.3, 0.0), grid=((0.3, 0.0), (0.4, 0.1)),
+              kind=tuple, low=0.0, high=1.0, high_open=True,
+              doc="smoothing of the largest and of the smallest class (source: CIFAR-10 (0.3, 0.0), CIFAR-100 (0.4, 0.1))"),
+    )  # fmt: skip
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
-        eps = torch.stack([L.label_aware_smoothing(ctx.counts, *hp["smooth_head_tail"]) for hp in hps])
+        eps = ctx.tensor(torch.stack([L.label_aware_smoothing(ctx.counts, *hp["smooth_head_tail"]) for hp in hps]))
         k = ctx.num_classes
 
         def fn(logits, y, epoch):
@@ -271,10 +321,11 @@ class ClassBalancedReweighting(Method):
     name = "cb_reweight"
     title = "Class-balanced re-weighting"
     source = "Cui et al., Class-Balanced Loss Based on Effective Number of Samples (CVPR 2019)"
-    grid = {"beta": [0.999, 0.9999]}
+    params = (Param("beta", default=0.9999, source_default=0.9999, grid=(0.999, 0.9999), low=0.0, high=1.0,
+                    high_open=True),)  # fmt: skip
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
-        w = torch.stack([L.effective_number_weights(ctx.counts, hp["beta"]) for hp in hps])
+        w = ctx.tensor(torch.stack([L.effective_number_weights(ctx.counts, hp["beta"]) for hp in hps]))
         return lambda logits, y, epoch: L.grouped_cross_entropy(logits, y, w)
 
 
@@ -283,10 +334,10 @@ class Focal(Method):
     name = "focal"
     title = "Focal loss"
     source = "Lin et al., Focal Loss for Dense Object Detection (ICCV 2017)"
-    grid = {"gamma": [1.0, 2.0]}
+    params = (Param("gamma", default=2.0, source_default=2.0, grid=(1.0, 2.0), low=0.0),)
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
-        gamma = torch.tensor([hp["gamma"] for hp in hps])
+        gamma = ctx.tensor([hp["gamma"] for hp in hps])
         return lambda logits, y, epoch: L.grouped_focal(logits, y, gamma)
 
 
@@ -304,8 +355,8 @@ class LDAMDRW(Method):
         return CosineHead(ctx.init_weight, scale=30.0, groups=len(hps))
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
-        margins = L.ldam_margins(ctx.counts) * 30.0
-        weights = L.effective_number_weights(ctx.counts)
+        margins = ctx.tensor(L.ldam_margins(ctx.counts)) * 30.0
+        weights = ctx.tensor(L.effective_number_weights(ctx.counts))
         defer = ctx.epochs // 2
 
         def fn(logits, y, epoch):
@@ -324,5 +375,5 @@ class NearestClassMean(Method):
 
     def posthoc(self, head: Head, ctx: FitContext, hp: dict) -> Head:
         feats = F.normalize(ctx.x, dim=1)
-        means = torch.zeros(ctx.num_classes, feats.shape[1]).index_add_(0, ctx.y, feats)
-        return CosineHead(means / torch.as_tensor(ctx.counts, dtype=torch.float32)[:, None], 1.0, trainable=False)
+        means = feats.new_zeros(ctx.num_classes, feats.shape[1]).index_add_(0, ctx.y, feats)
+        return CosineHead(means / ctx.tensor(ctx.counts)[:, None], 1.0, trainable=False)

@@ -9,7 +9,7 @@ import torch
 from ..analysis.metrics import accuracy_report
 from ..data.features import FeatureSet
 from .compare import context, evaluate_test, fit_method
-from .losses import ratio_from_smooth, smooth_from_ratio
+from .losses import DEFAULT_SMOOTH, ratio_from_smooth, smooth_from_ratio
 from .methods import get_method
 from .trainer import Schedule, fit_head
 
@@ -32,7 +32,7 @@ def smoothing_sweep(fs: FeatureSet, schedule: Schedule | None = None, smooth=SMO
             fs,
             schedule,
             lrs=(lr or schedule.lr,),
-            grid={"smooth": [p["smooth"]]},
+            fixed={"smooth": p["smooth"]},
         )
         evaluate_test(r, fs)
         ratio = None if not np.isfinite(p["target_ratio"]) else p["target_ratio"]
@@ -53,7 +53,7 @@ def _brief(rep: dict | None) -> dict:
 
 
 def sensitivity_grid(fs: FeatureSet, methods=("lort", "ce"), lrs=(5e-4, 2e-3, 5e-3, 2e-2, 5e-2),
-                     weight_decays=(0.0, 5e-4, 5e-3, 5e-2), epochs: int = 10, smooth: float = 0.98) -> dict:  # fmt: skip
+                     weight_decays=(0.0, 5e-4, 5e-3, 5e-2), epochs: int = 10, smooth: float = DEFAULT_SMOOTH) -> dict:  # fmt: skip
     """Test accuracy after a fixed budget of ``epochs`` (no early stopping) for every
     learning rate x weight decay, per method; all cells of a method trained side by side."""
     schedule = Schedule(epochs=epochs)
@@ -69,14 +69,14 @@ def sensitivity_grid(fs: FeatureSet, methods=("lort", "ce"), lrs=(5e-4, 2e-3, 5e
     for name in methods:
         method = get_method(name)
         cells = [{"lr": lr, "weight_decay": wd} for lr in lrs for wd in weight_decays]
-        hps = [{"smooth": smooth} | c for c in cells] if name.startswith("lort") else [dict(c) for c in cells]
+        hps = [{"smooth": smooth} | c for c in cells] if method.has_param("smooth") else [dict(c) for c in cells]
         head, _ = fit_head(
             method.build_head(ctx, hps), ctx.x, ctx.y, method.loss(ctx, hps), schedule, method.sampler,
             lr=[c["lr"] for c in cells], weight_decay=[c["weight_decay"] for c in cells],
             num_classes=fs.num_classes,
         )  # fmt: skip
         with torch.no_grad():
-            logits = head(torch.as_tensor(xt)).numpy()
+            logits = head(torch.as_tensor(xt, device=ctx.device)).cpu().numpy()
         acc = [accuracy_report(logits[g], yt, fs.train_counts)["acc"] for g in range(len(cells))]
         result["methods"][name] = np.asarray(acc).reshape(len(lrs), len(weight_decays)).tolist()
     return result

@@ -12,38 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import LortError
-
-
-@dataclass
-class Schedule:
-    """The re-training recipe. Defaults: the public reference code's stage 2 (SGD lr 5e-4,
-    momentum 0.9, no weight decay, batch 64, cosine, 20 epochs)."""
-
-    epochs: int = 20
-    lr: float = 5e-4
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 64
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
-            raise LortError(f"stage-2 learning rate must be > 0, got {self.lr!r}")
-        if not isinstance(self.epochs, int) or self.epochs < 0:
-            raise LortError(f"stage-2 epochs must be an integer >= 0, got {self.epochs!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise LortError(f"stage-2 batch size must be an integer >= 1, got {self.batch_size!r}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise LortError(f"stage-2 weight decay must be >= 0, got {self.weight_decay!r}")
-        if not 0 <= self.momentum < 1:
-            raise LortError(f"stage-2 momentum must lie in [0, 1), got {self.momentum!r}")
+from .schedule import Schedule, check_lrs
 
 
 def epoch_order(labels: np.ndarray, sampler: str, gen: torch.Generator, num_classes: int) -> torch.Tensor:
@@ -53,8 +28,9 @@ def epoch_order(labels: np.ndarray, sampler: str, gen: torch.Generator, num_clas
     a class uniformly at random, then one of its samples uniformly. ``sqrt``: classes
     drawn with probability proportional to ``sqrt(n_k)``."""
     n = len(labels)
+    cpu = torch.device("cpu")  # the order is drawn on the host, from a CPU generator, on every device
     if sampler == "natural":
-        return torch.randperm(n, generator=gen)
+        return torch.randperm(n, generator=gen, device=cpu)
     counts = np.bincount(labels, minlength=num_classes)
     if sampler == "balanced":
         class_p = (counts > 0).astype(np.float64)
@@ -62,11 +38,11 @@ def epoch_order(labels: np.ndarray, sampler: str, gen: torch.Generator, num_clas
         class_p = np.sqrt(counts)
     else:
         raise LortError(f"unknown sampler {sampler!r}; choose natural, balanced or sqrt")
-    class_p = torch.as_tensor(class_p / class_p.sum(), dtype=torch.float64)
+    class_p = torch.from_numpy(class_p / class_p.sum())
     classes = torch.multinomial(class_p, n, replacement=True, generator=gen)
-    order = torch.as_tensor(np.argsort(labels, kind="stable"))
-    starts = torch.as_tensor(np.concatenate([[0], np.cumsum(counts)[:-1]]))
-    offsets = (torch.rand(n, generator=gen, dtype=torch.float64) * torch.as_tensor(counts)[classes]).long()
+    order = torch.from_numpy(np.argsort(labels, kind="stable"))
+    starts = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)[:-1]]))
+    offsets = (torch.rand(n, generator=gen, dtype=torch.float64, device=cpu) * torch.from_numpy(counts)[classes]).long()
     return order[starts[classes] + offsets]
 
 
@@ -87,10 +63,10 @@ class CachedFeatures:
 LossFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
-def _per_group(value, groups: int, default: float) -> torch.Tensor:
+def _per_group(value, groups: int, default: float, device: torch.device) -> torch.Tensor:
     if value is None:
         value = default
-    t = torch.as_tensor(value, dtype=torch.float32).flatten()
+    t = torch.as_tensor(value, dtype=torch.float32, device=device).flatten()
     return t.expand(groups).clone() if t.numel() == 1 else t
 
 
@@ -118,25 +94,25 @@ def fit_head(
     source = x if hasattr(x, "batch") else CachedFeatures(x)
     params = [p for p in head.parameters() if p.requires_grad]
     if schedule.epochs == 0 or not params:
-        return head, (score_fn(head).numpy()[None] if score_fn else np.zeros((0, head.groups())))
+        return head, (score_fn(head).cpu().numpy()[None] if score_fn else np.zeros((0, head.groups())))
     groups = params[0].shape[0]
-    lr_g = _per_group(lr, groups, schedule.lr)
-    wd_g = _per_group(weight_decay, groups, schedule.weight_decay)
-    if (lr_g <= 0).any() or not torch.isfinite(lr_g).all():
-        raise LortError(f"stage-2 learning rates must be > 0, got {lr_g.tolist()}")
-    bound = None if max_norm is None else _per_group(max_norm, groups, 0.0).view(groups, 1, 1)
+    device = params[0].device
+    lr_g = _per_group(lr, groups, schedule.lr, device)
+    wd_g = _per_group(weight_decay, groups, schedule.weight_decay, device)
+    check_lrs(lr_g.tolist())
+    bound = None if max_norm is None else _per_group(max_norm, groups, 0.0, device).view(groups, 1, 1)
     momentum = [torch.zeros_like(p) for p in params]
     gen = torch.Generator().manual_seed(schedule.seed)
     n = len(y)
     total = math.ceil(n / schedule.batch_size) * schedule.epochs
-    labels_np = y.numpy()
+    labels_np = y.cpu().numpy()
     k = num_classes or int(labels_np.max()) + 1
     best_state = {name: t.detach().clone() for name, t in head.state_dict().items()}
-    best_score = torch.full((groups,), -math.inf)
+    best_score = torch.full((groups,), -math.inf, device=device)
     scores, step = [], 0
     views = [(lr_g.view(groups, *[1] * (p.dim() - 1)), wd_g.view(groups, *[1] * (p.dim() - 1))) for p in params]
     for epoch in range(schedule.epochs):
-        order = epoch_order(labels_np, sampler, gen, k)
+        order = epoch_order(labels_np, sampler, gen, k).to(y.device)
         head.train()
         for start in range(0, n, schedule.batch_size):
             idx = order[start : start + schedule.batch_size]
@@ -162,7 +138,7 @@ def fit_head(
             head.eval()
             with torch.no_grad():
                 score = score_fn(head)
-            scores.append(score.numpy())
+            scores.append(score.cpu().numpy())
             better = score > best_score
             if better.any():
                 best_score = torch.where(better, score, best_score)

@@ -10,11 +10,12 @@ import torch
 
 from ..data import DataConfig, build_dataset
 from ..data.features import FeatureSet, load_features
+from ..data.transforms import NORMALIZATIONS
 from ..env_info import environment
 from ..errors import LortError
 from ..io import save_torch, write_json
 from ..models import model_input_size
-from ..stage1.checkpoint import load_model
+from ..runtime.checkpoint import load_model
 from .compare import DEFAULT_LRS, compare, evaluate_test, fit_method
 from .extract import extract_features
 from .full import BackboneFeatures
@@ -44,8 +45,9 @@ def features_from_checkpoint(
         raise LortError(f"{checkpoint}: {ckpt['num_classes']} classes, its dataset now has {ds.num_classes}")
     device = device or default_device()
     model = model.to(device).to(memory_format=torch.channels_last)
-    fs = extract_features(model, ds, views=views, device=device, input_size=model_input_size(ckpt["arch"]),
-                          progress=progress, tta_flip=tta_flip, workers=workers)  # fmt: skip
+    size = None if ds.train.images is not None else model_input_size(ckpt["arch"])  # as stage 1 trained it
+    fs = extract_features(model, ds, views=views, device=device, input_size=size, progress=progress,
+                          tta_flip=tta_flip, workers=workers)  # fmt: skip
     fs.meta |= {"checkpoint": str(checkpoint), "dataset": ds.summary()}
     return fs, model.cpu(), ckpt, ds
 
@@ -53,10 +55,14 @@ def features_from_checkpoint(
 def features_from_module_file(
     path: str | Path, data: DataConfig, layer: str | None = None, input_size: int | None = None, views: int = 1,
     progress: bool = False, tta_flip: bool = False, device: torch.device | None = None, workers: int = 0,
+    normalize: tuple[tuple, tuple] = NORMALIZATIONS["imagenet"],
 ) -> FeatureSet:  # fmt: skip
-    """Features of ``data`` from a user's model file (TorchScript: its output; a saved
-    ``nn.Module``: the input of ``layer`` or of its last linear layer, which is also kept
-    as the classifier to warm-start from when it has one output per class)."""
+    """Features of ``data`` from a user's model file (``torch.export`` program or TorchScript:
+    its output; a saved ``nn.Module``: the input of ``layer`` or of its last linear layer, which
+    is also kept as the classifier to warm-start from when it has one output per class).
+    ``input_size`` resizes every dataset, small images included (default: small images at
+    their size, image files cropped to 224); ``normalize`` is ``(mean, std)``, ImageNet's by
+    default, as most pretrained networks expect."""
     from ..io import file_digest
     from ..surgery import LayerInputs, feature_fn, load_module_file
 
@@ -68,20 +74,22 @@ def features_from_module_file(
     if not isinstance(model, torch.jit.ScriptModule):
         model = model.to(memory_format=torch.channels_last)
     classifier = fn.layer if isinstance(fn, LayerInputs) else None
-    size = input_size or (32 if ds.train.images is not None else 224)
-    fs = extract_features(model, ds, views=views, device=device, input_size=size, progress=progress,
-                          tta_flip=tta_flip, features=fn, classifier=classifier, workers=workers)  # fmt: skip
+    fs = extract_features(model, ds, views=views, device=device, input_size=input_size, progress=progress,
+                          tta_flip=tta_flip, features=fn, classifier=classifier, workers=workers,
+                          normalize=normalize)  # fmt: skip
     fs.meta |= {"model_file": str(path), "model_sha256": file_digest(path), "layer": getattr(fn, "name", None),
                 "dataset": ds.summary()}  # fmt: skip
     return fs
 
 
 def run_compare(fs: FeatureSet, methods: list[str], out: str | Path, schedule: Schedule,
-                lrs=DEFAULT_LRS, source: str = "", progress=None, train_source=None) -> tuple[list, Path]:  # fmt: skip
+                lrs=DEFAULT_LRS, source: str = "", progress=None, train_source=None,
+                fixed: dict | None = None) -> tuple[list, Path]:  # fmt: skip
     t0 = time.perf_counter()
-    results = compare(fs, resolve_methods(methods), schedule, lrs, progress=progress, train_source=train_source)
+    results = compare(fs, resolve_methods(methods), schedule, lrs, fixed, progress=progress, train_source=train_source)
     meta = {
         "source": source,
+        "fixed_hyperparameters": fixed or {},
         "schedule": dataclasses.asdict(schedule),
         "lrs": list(lrs) if lrs else [schedule.lr],
         "selection": "every hyperparameter and the epoch chosen on validation balanced accuracy; test evaluated once",
@@ -101,11 +109,11 @@ def run_compare(fs: FeatureSet, methods: list[str], out: str | Path, schedule: S
 
 
 def run_retrain(fs: FeatureSet, method: str, out: str | Path, schedule: Schedule, lrs=DEFAULT_LRS,
-                grid: dict | None = None, model: torch.nn.Module | None = None, ckpt: dict | None = None,
+                fixed: dict | None = None, model: torch.nn.Module | None = None, ckpt: dict | None = None,
                 source: str = "", train_source=None):  # fmt: skip
     """Re-train one method (choices on validation), evaluate test once, write the classifier
     (``classifier.npz``), the summary and — with a backbone — the full model (``model.pt``)."""
-    result = fit_method(get_method(method), fs, schedule, lrs, grid, train_source=train_source)
+    result = fit_method(get_method(method), fs, schedule, lrs, fixed, train_source=train_source)
     evaluate_test(result, fs)
     out = Path(out)
     meta = {

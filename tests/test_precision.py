@@ -1,0 +1,71 @@
+"""amp: auto picks bf16 only where the hardware has native bf16, and says why."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lort.errors import LortError
+from lort.runtime import precision as P
+
+
+@pytest.fixture
+def cpu_flags(monkeypatch):
+    """Set the CPU's bf16 flags as a given machine would report them."""
+
+    def set_flags(avx512_bf16: bool, amx: bool, cap: str | None = None):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        if cap is None:
+            monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+        else:
+            monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+
+    return set_flags
+
+
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "cap", "expected"),
+    [
+        (False, False, None, None),  # AVX-512 without BF16/AMX (Skylake..Ice Lake): oneDNN emulates bf16
+        (True, False, None, torch.bfloat16),  # Cooper Lake, Zen 4
+        (True, True, None, torch.bfloat16),  # Sapphire Rapids and later
+        (True, True, "AVX512_CORE", None),  # oneDNN capped below its bf16 kernels
+        (True, True, "avx512_core_amx", torch.bfloat16),
+        (True, True, "AVX2", None),
+    ],
+)
+def test_auto_takes_bf16_only_with_native_support(cpu_flags, avx512_bf16, amx, cap, expected):
+    cpu_flags(avx512_bf16, amx, cap)
+    choice = P.choose_precision("auto", "cpu")
+    assert choice.dtype is expected
+    assert ("has native bf16" in choice.reason) == (expected is not None)
+    assert choice.to_dict()["dtype"] == ("bf16" if expected else "fp32")
+
+
+def test_explicit_choices_are_kept_and_fp16_is_for_cuda_only(cpu_flags):
+    cpu_flags(False, False)
+    assert P.choose_precision("none", "cpu").dtype is None
+    assert P.choose_precision("bf16", "cpu").dtype is torch.bfloat16  # asked for: honoured, even if emulated
+    assert P.choose_precision("fp16", "cpu").dtype is None
+    assert P.choose_precision("auto", "meta").dtype is None
+    with pytest.raises(LortError, match="amp must be one of none, auto, bf16, fp16"):
+        P.choose_precision("fp8", "cpu")
+
+
+def test_capability_is_described_for_benchmarks(cpu_flags):
+    cpu_flags(False, False, "AVX512_CORE")
+    cap = P.cpu_capability()
+    text = cap.describe()
+    assert "bf16 flags: none" in text and "ONEDNN_MAX_CPU_ISA=AVX512_CORE" in text and "native bf16: no" in text
+    assert cap.to_dict()["native_bf16"] is False
+
+
+def test_autocast_context_follows_the_choice(cpu_flags):
+    cpu_flags(True, True)
+    x = torch.randn(4, 8)
+    w = torch.randn(8, 3)
+    with P.autocast(P.choose_precision("auto", "cpu"), "cpu"):
+        assert (x @ w).dtype == torch.bfloat16
+    with P.autocast(P.choose_precision("none", "cpu"), "cpu"):
+        assert (x @ w).dtype == torch.float32
