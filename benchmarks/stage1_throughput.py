@@ -20,21 +20,18 @@ The data root is ``--root``, else ``LORT_DATA``, else ``../shared/data`` beside 
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _common import default_root, run_main
 from PIL import Image
 
 from lort.data import DataConfig, build_dataset
 from lort.data.augment import CIFAR_MEAN, CIFAR_STD, BatchAugment, iterate_batches
 from lort.env_info import environment
-from lort.errors import LortError
 from lort.io import write_json
 from lort.models import create_model
 from lort.runtime.precision import autocast, choose_precision, cpu_capability
@@ -86,13 +83,6 @@ def run(batches, model, steps, warmup, channels_last, precision=None):
     return seen / (time.perf_counter() - t0)
 
 
-def default_root() -> str | None:
-    if os.environ.get("LORT_DATA"):
-        return None  # build_dataset reads it
-    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    return str(shared) if shared.is_dir() else None
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", default=None, help="data root (default: LORT_DATA, else ../shared/data)")
@@ -101,11 +91,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--out", help="also write the figures to this JSON file")
     args = ap.parse_args()
-    try:
-        ds = build_dataset(DataConfig(dataset="cifar10", root=args.root or default_root()))
-    except LortError as exc:
-        print(f"stage1_throughput: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    ds = build_dataset(DataConfig(dataset="cifar10", root=args.root or default_root()))
     imgs, labels = ds.train.images, ds.train.labels
     cap = cpu_capability()
     print(f"CPU: {cap.describe()}")
@@ -151,4 +137,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

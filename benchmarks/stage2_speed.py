@@ -14,6 +14,7 @@ import argparse
 import time
 
 import torch
+from _common import default_root, run_main
 
 from lort.stage2 import Schedule
 from lort.stage2.compare import compare, fit_method
@@ -32,7 +33,8 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     t0 = time.perf_counter()
-    fs, model, ckpt, ds = features_from_checkpoint(args.checkpoint, args.root)
+    got = features_from_checkpoint(args.checkpoint, args.root or default_root())
+    fs, model, ds = got.features, got.model, got.dataset
     t_extract = time.perf_counter() - t0
     methods = resolve_methods(["all"])
     t0 = time.perf_counter()
@@ -45,10 +47,10 @@ def main():
     print(f"compare total (extraction + all methods): {t_extract + t_fit:.1f} s")
 
     method = get_method(args.ref_method)
-    grid = {k: [v[0]] if k != "smooth" else [0.98] for k, v in method.grid.items()}
+    fixed = {p.name: p.default for p in method.params if p.default is not None}  # one setting: the defaults
     source = BackboneFeatures(model, ds.train.images, "eval", seed=0)
     t0 = time.perf_counter()
-    fit_method(method, fs, Schedule(epochs=args.ref_epochs), lrs=(5e-4,), grid=grid, train_source=source)
+    fit_method(method, fs, Schedule(epochs=args.ref_epochs), lrs=(5e-4,), fixed=fixed, train_source=source)
     t_ref = time.perf_counter() - t0
     print(
         f"reference protocol, {args.ref_method}, one setting, {args.ref_epochs} epochs of backbone forward: {t_ref:.1f} s"
@@ -59,4 +61,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

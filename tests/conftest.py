@@ -110,7 +110,8 @@ def short_cifar10_lt_run(shared_cifar10_cache, tmp_path_factory):
         })  # fmt: skip
         out = tmp_path_factory.mktemp("short-run")
         summary = train(cfg, out)
-        fs, model, ckpt, ds = features_from_checkpoint(out / "best.pt")
+        got = features_from_checkpoint(out / "best.pt")
+        fs, ds = got.features, got.dataset
     finally:
         if old is None:
             os.environ.pop("LORT_CACHE", None)

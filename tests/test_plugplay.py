@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import lort
+import lort.model_files
 from lort.cli import main
 from lort.data.features import load_features
 from lort.errors import LortError
@@ -141,6 +142,9 @@ def test_without_validation_a_method_runs_at_its_default_and_lists_need_validati
         (lambda x, y: LogitsRetargetingClassifier(smooth=1.0).fit(x, y), r"smooth must lie in \[0, 1\)"),
         (lambda x, y: LogitsRetargetingClassifier(target_ratio=0.5).fit(x, y), r"target_ratio must lie in \(1, inf\), got 0.5"),
         (lambda x, y: LogitsRetargetingClassifier(lr=0).fit(x, y), "lr must be > 0"),
+        (lambda x, y: RetrainingClassifier("lort", params={"smooth": 1.5}).fit(x, y), r"method lort: smooth must lie in \[0, 1\)"),
+        (lambda x, y: LogitsRetargetingClassifier(epochs=-1).fit(x, y), "stage-2 epochs must be an integer >= 0"),
+        (lambda x, y: LogitsRetargetingClassifier(momentum=1.0).fit(x, y), r"stage-2 momentum must lie in \[0, 1\)"),
         (lambda x, y: LogitsRetargetingClassifier(init_coef=np.zeros((3, 16))).fit(x, y), r"init_coef has shape \(3, 16\)"),
         (lambda x, y: LogitsRetargetingClassifier().fit(x, np.full(len(x), 0.5)), "Unknown label type: continuous"),
         (lambda x, y: LogitsRetargetingClassifier().fit(x, y, X_val=x), "give both X_val and y_val"),
@@ -318,7 +322,9 @@ def test_extract_from_a_user_model_file_on_an_imagenet_lt_style_list_dataset(tmp
     # the same features as running the model by hand on the standard eval transform
     from lort.data.transforms import ImagePathDataset
 
-    net = torch.load(model, weights_only=False).features if kind == "module" else lort.surgery.load_module_file(model)
+    net = (
+        torch.load(model, weights_only=False).features if kind == "module" else lort.model_files.load_module_file(model)
+    )
     ds = ImagePathDataset([str(root / "test/a/0000.jpg")], np.zeros(1), train=False, size=32)
     with torch.no_grad():
         ref = net(ds[0][0][None]).numpy()

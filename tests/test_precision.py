@@ -69,3 +69,27 @@ def test_autocast_context_follows_the_choice(cpu_flags):
         assert (x @ w).dtype == torch.bfloat16
     with P.autocast(P.choose_precision("none", "cpu"), "cpu"):
         assert (x @ w).dtype == torch.float32
+
+
+@pytest.mark.parametrize("caller_flushes", [False, True])
+def test_stage2_flushes_subnormals_inside_and_restores_the_callers_setting(caller_flushes):
+    from lort.stage2.heads import LinearHead
+    from lort.stage2.losses import grouped_cross_entropy
+    from lort.stage2.schedule import Schedule
+    from lort.stage2.trainer import fit_head
+
+    torch.set_flush_denormal(caller_flushes)
+    try:
+        assert P._flushing_denormals() == caller_flushes
+        seen = []
+
+        def loss(logits, y, epoch):
+            seen.append(P._flushing_denormals())
+            return grouped_cross_entropy(logits, y)
+
+        x, y = torch.randn(8, 4), torch.tensor([0, 1] * 4)
+        fit_head(LinearHead(torch.zeros(2, 4), torch.zeros(2)), x, y, loss, Schedule(epochs=1, batch_size=4))
+        assert seen == [True, True]
+        assert P._flushing_denormals() == caller_flushes
+    finally:
+        torch.set_flush_denormal(False)

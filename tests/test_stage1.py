@@ -14,8 +14,9 @@ from lort.cli import main
 from lort.config import load_config
 from lort.errors import LortError
 from lort.models import create_model, list_models
+from lort.models.base import max_norm_
 from lort.runtime.checkpoint import load_model, read_checkpoint
-from lort.stage1.train import cosine_factor, max_norm_, train
+from lort.stage1.train import cosine_factor, train
 
 from .conftest import SHARED_CIFAR10, make_cifar_archive
 

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from lort.analysis.metrics import grouped_balanced_accuracy
 from lort.cli import main
 from lort.data.features import FeatureSet
 from lort.errors import LortError
@@ -19,7 +22,7 @@ from lort.stage2 import (
     smooth_from_ratio,
 )
 from lort.stage2 import losses as L
-from lort.stage2.compare import balanced_accuracy, compare, logits_of
+from lort.stage2.compare import compare, logits_of
 from lort.stage2.heads import LinearHead
 from lort.stage2.trainer import epoch_order
 
@@ -156,10 +159,10 @@ def test_best_epoch_is_kept_per_classifier():
     head, scores = fit_head(
         LinearHead(torch.as_tensor(fs.init_weight), torch.as_tensor(fs.init_bias), 2), x, y,
         lambda lg, yy, e: L.grouped_cross_entropy(lg, yy), Schedule(epochs=6), lr=[0.5, 1e-4],
-        score_fn=lambda h: balanced_accuracy(h(xv), yv, 5),
+        score_fn=lambda h: grouped_balanced_accuracy(h(xv).argmax(2), yv, 5),
     )  # fmt: skip
     assert scores.shape == (6, 2)
-    final = balanced_accuracy(head(xv), yv, 5).numpy()
+    final = grouped_balanced_accuracy(head(xv).argmax(2), yv, 5).numpy()
     assert np.allclose(final, scores.max(0))
 
 
@@ -207,6 +210,82 @@ def test_without_validation_split_nothing_is_searched(toy):
                     init_weight=toy.init_weight, init_bias=toy.init_bias)  # fmt: skip
     r = fit_method(METHODS["lort"], fs, Schedule(epochs=2))
     assert r.hyperparameters["note"].startswith("no validation split") and r.epoch == 2
+
+
+def test_without_validation_every_method_runs_at_its_declared_default(toy):
+    fs = FeatureSet(splits={k: v for k, v in toy.splits.items() if k != "val"}, classes=toy.classes,
+                    init_weight=toy.init_weight, init_bias=toy.init_bias)  # fmt: skip
+    for name in ("lort", "tau_norm", "la_posthoc", "focal", "cb_reweight"):
+        method = METHODS[name]
+        r = fit_method(method, fs, Schedule(epochs=1))
+        chosen = {k: v for k, v in r.hyperparameters.items() if k not in ("note", "lr")}
+        assert chosen == {p.name: p.default for p in method.params if p.default is not None}, name
+    assert METHODS["tau_norm"].param("tau").default == 1.0 and METHODS["lort"].param("smooth").default == 0.98
+
+
+# ----------------------------------------------------------------------------- hyperparameters owned by methods
+
+
+def test_every_method_declares_valid_parameters():
+    for name, method in METHODS.items():
+        for p in method.params:
+            if p.default is not None:
+                assert p.check(p.default, name) == p.default, (name, p.name)
+            for v in p.grid:
+                p.check(v, name)
+            assert p.name in method.describe()
+
+
+def test_settings_fix_values_search_grids_and_refuse_unknown_or_out_of_range():
+    lort = METHODS["lort"]
+    assert lort.settings() == [{"smooth": s} for s in lort.param("smooth").grid]
+    assert lort.settings(search=False) == [{"smooth": 0.98}]
+    assert lort.settings({"smooth": [0.9, 0.98]}) == [{"smooth": 0.9}, {"smooth": 0.98}]
+    assert lort.settings({"target_ratio": 3}) == [{"target_ratio": 3.0}]
+    assert METHODS["mislas"].settings({"smooth_head_tail": [0.2, 0.0]}) == [{"smooth_head_tail": (0.2, 0.0)}]
+    with pytest.raises(LortError, match=r"method ce has no hyperparameter 'smooth' \(its hyperparameters: none\)"):
+        METHODS["ce"].settings({"smooth": 0.9})
+    with pytest.raises(LortError, match=r"method focal: gamma must lie in \[0, inf\), got -1.0"):
+        METHODS["focal"].settings({"gamma": -1})
+    with pytest.raises(LortError, match="give smooth or target_ratio, not both"):
+        lort.settings({"smooth": 0.9, "target_ratio": 3})
+
+
+def test_compare_fixes_a_methods_hyperparameter_from_the_cli_and_from_yaml(tmp_path, toy, capsys):
+    path = tmp_path / "f.npz"
+    toy.save(path)
+    out = tmp_path / "cmp"
+    args = ["compare", "--features", str(path), "--methods", "lort,tau_norm", "--epochs", "2", "--lrs", "0.01"]
+    assert main([*args, "--set", "lort.smooth=0.9", "--set", "tau_norm.tau=[0.5,1.0]", "--out", str(out)]) == 0
+    board = json.loads((out / "leaderboard.json").read_text())
+    rows = {r["method"]: r for r in board["results"]}
+    assert rows["lort"]["hyperparameters"]["smooth"] == 0.9
+    assert rows["tau_norm"]["hyperparameters"]["tau"] in (0.5, 1.0)
+    assert board["fixed_hyperparameters"] == {"lort": {"smooth": 0.9}, "tau_norm": {"tau": [0.5, 1.0]}}
+    capsys.readouterr()
+    assert main([*args, "--set", "lort.beta=0.9", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        "method lort has no hyperparameter 'beta' (its hyperparameters: smooth, target_ratio)"
+        in capsys.readouterr().err
+    )
+    assert main([*args, "--set", "ce.smooth=0.9", "--out", str(tmp_path / "x")]) == 2
+    assert "not among the methods compared" in capsys.readouterr().err
+    assert main([*args, "--set", "smooth=0.9", "--out", str(tmp_path / "x")]) == 2
+    assert "name the method, e.g. --set lort.smooth=0.98" in capsys.readouterr().err
+    # retrain: --set PARAM=VALUE for its one method, --smooth as a shortcut
+    rt = ["retrain", "--features", str(path), "--epochs", "1", "--lr", "0.01"]
+    assert main([*rt, "--method", "cb_reweight", "--set", "beta=0.999", "--out", str(tmp_path / "rt")]) == 0
+    assert json.loads((tmp_path / "rt" / "summary.json").read_text())["hyperparameters"]["beta"] == 0.999
+    assert main([*rt, "--method", "ce", "--smooth", "0.9", "--out", str(tmp_path / "rt2")]) == 2
+    assert "method ce has no hyperparameter 'smooth'" in capsys.readouterr().err
+    # YAML: the stage2 section's params are checked before any work
+    from lort.config import load_config
+    from lort.pipeline import run_pipeline
+
+    cfg = load_config(None, {"stage2.params": {"lort": {"smooth": 1.5}}})
+    with pytest.raises(LortError, match=r"method lort: smooth must lie in \[0, 1\), got 1.5"):
+        run_pipeline(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 # ----------------------------------------------------------------------------- CLI and bad input

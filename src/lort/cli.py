@@ -171,10 +171,12 @@ def _add_stage2_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--root", help="data folder for --checkpoint (default: as recorded, or $LORT_DATA)")
     src.add_argument("--views", type=int, default=1, help="training views in the feature cache (1 = plain)")
     src.add_argument(
-        "--mode", default="cache", choices=("cache", "full"),
+        "--mode",
+        default="cache",
+        choices=("cache", "full"),
         help="cache: train on cached features (default); full: the reference protocol, augmented "
         "images through the frozen backbone every epoch (needs --checkpoint)",
-    )  # fmt: skip
+    )
     src.add_argument("--bn-mode", default="eval", choices=("eval", "train"), help="BatchNorm mode, full mode")
     from .stage2.schedule import DEFAULT_LRS, Schedule
 
@@ -201,8 +203,14 @@ def _schedule(args: argparse.Namespace):
     if args.lr is not None:
         lrs = (args.lr,)
     lrs = tuple(check_lrs(lrs, "learning rate"))
-    schedule = Schedule(epochs=args.epochs, lr=lrs[0], momentum=args.momentum, weight_decay=args.weight_decay,
-                        batch_size=args.batch_size, seed=args.seed)  # fmt: skip
+    schedule = Schedule(
+        epochs=args.epochs,
+        lr=lrs[0],
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
     return schedule, lrs
 
 
@@ -256,14 +264,25 @@ def cmd_extract(args: argparse.Namespace) -> int:
     info = setup_distributed()
     try:
         if args.checkpoint:
-            fs, _, _, _ = features_from_checkpoint(args.checkpoint, args.root, args.views, info.is_main, args.tta_flip,
-                                                   device=info.device, workers=args.workers)  # fmt: skip
+            fs = features_from_checkpoint(
+                args.checkpoint, args.root, args.views, info.is_main, args.tta_flip, info.device, args.workers
+            ).features
         else:
             from .data.transforms import normalization
 
             norm = normalization(args.normalize or "imagenet", _floats(args.mean, "--mean"), _floats(args.std, "--std"))
-            fs = features_from_module_file(args.model, _data_config(args), args.layer, args.input_size, args.views,
-                                           info.is_main, args.tta_flip, info.device, args.workers, norm)  # fmt: skip
+            fs = features_from_module_file(
+                args.model,
+                _data_config(args),
+                args.layer,
+                args.input_size,
+                args.views,
+                info.is_main,
+                args.tta_flip,
+                info.device,
+                args.workers,
+                norm,
+            )
         if info.is_main:
             from .env_info import environment
 
@@ -288,10 +307,10 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             fixed[name] = getattr(args, name)
     method.settings(fixed)  # unknown or out-of-range hyperparameters fail before any work
     schedule, lrs = _schedule(args)
-    fs, model, ckpt, source, train_source = load_feature_source(
-        args.features, args.checkpoint, args.root, args.views, args.mode, args.bn_mode, args.seed
+    src = load_feature_source(args.features, args.checkpoint, args.root, args.views, args.mode, args.bn_mode, args.seed)
+    _, table = run_retrain(
+        src.features, args.method, args.out, schedule, lrs, fixed, src.model, src.checkpoint, src.name, src.train_source
     )
-    _, table = run_retrain(fs, args.method, args.out, schedule, lrs, fixed, model, ckpt, source, train_source)
     print(table)
     print(f"written to {args.out}")
     return 0
@@ -305,12 +324,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     fixed = check_fixed(_fixed_params(args.params), resolve_methods(methods))  # bad names fail before any work
     schedule, lrs = _schedule(args)
-    fs, _, _, source, train_source = load_feature_source(
-        args.features, args.checkpoint, args.root, args.views, args.mode, args.bn_mode, args.seed
+    src = load_feature_source(args.features, args.checkpoint, args.root, args.views, args.mode, args.bn_mode, args.seed)
+    _, path = run_compare(
+        src.features,
+        methods,
+        args.out,
+        schedule,
+        lrs,
+        src.name,
+        progress=lambda name: print(f"fitting {name} ...", file=sys.stderr),
+        train_source=src.train_source,
+        fixed=fixed,
     )
-    _, path = run_compare(fs, methods, args.out, schedule, lrs, source,
-                          progress=lambda name: print(f"fitting {name} ...", file=sys.stderr),
-                          train_source=train_source, fixed=fixed)  # fmt: skip
     print(path.read_text())
     print(f"written to {args.out}")
     return 0
@@ -338,37 +363,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     import json
 
-    import numpy as np
-
-    from .analysis.metrics import analyze
     from .io import write_json
+    from .stage2.workflow import analyze_given_classifier, analyze_logits_file, load_feature_source
 
     if args.logits:
-        try:
-            with np.load(args.logits, allow_pickle=False) as d:
-                z, y, counts = (
-                    d[f"{args.split}_logits"],
-                    d[f"{args.split}_labels"],
-                    d["train_counts"],
-                )
-        except (OSError, KeyError, ValueError) as exc:
-            raise LortError(f"{args.logits}: not a lort logits file ({exc})") from None
-        rep = analyze(z, y, counts)
+        rep = analyze_logits_file(args.logits, args.split)
     else:
-        from .stage2.compare import context, logits_of
-        from .stage2.heads import LinearHead
-        from .stage2.trainer import Schedule
-        from .stage2.workflow import load_feature_source
-
-        fs, _, _, _, _ = load_feature_source(args.features, args.checkpoint, args.root)
-        if fs.init_weight is None:
-            raise LortError("the features carry no classifier (init_weight) to analyse")
-        ctx = context(fs, Schedule())
-        x, y = fs.splits[args.split] if args.split in fs.splits else (None, None)
-        if x is None:
-            raise LortError(f"no {args.split} split to analyse")
-        rep = analyze(logits_of(LinearHead(ctx.init_weight, ctx.init_bias), x), y, fs.train_counts,
-                      fs.init_weight, fs.init_bias)  # fmt: skip
+        rep = analyze_given_classifier(load_feature_source(args.features, args.checkpoint, args.root), args.split)
     if args.out:
         write_json(args.out, rep)
     g = rep["group_means"]
@@ -407,8 +408,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     write_json(f"{out}/sensitivity.json", sensitivity_grid(fs))
     for p in points:
         t = p["test"]
-        print(f"s={p['smooth']:.3f} r={p['target_ratio'] or float('inf'):.2f} epoch {p['epoch']}: "
-              f"val {100 * p['val']['balanced_acc']:.2f}  test {100 * t['acc']:.2f}")  # fmt: skip
+        print(
+            f"s={p['smooth']:.3f} r={p['target_ratio'] or float('inf'):.2f} epoch {p['epoch']}: "
+            f"val {100 * p['val']['balanced_acc']:.2f}  test {100 * t['acc']:.2f}"
+        )
     return 0
 
 
@@ -465,9 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--std", help="--model: explicit per-channel std, e.g. 0.5,0.5,0.5 (with --mean)")
     ex.add_argument("--views", type=int, default=1, help="training views (1 = plain images)")
     ex.add_argument(
-        "--workers", type=int, default=min(4, os.cpu_count() or 1),
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
         help="DataLoader processes decoding JPEGs for file datasets (default min(4, CPUs); 0 = in process)",
-    )  # fmt: skip
+    )
     ex.add_argument("--out", required=True, help=".npz file to write")
     ex.add_argument(
         "--tta-flip", action="store_true", help="average val/test features with the flipped image (off by default)"
@@ -484,19 +489,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="LORT target ratio r > 1 (K-independent alternative to s)",
     )
     rt.add_argument(
-        "--set", dest="params", action="append", default=[], metavar="PARAM=VALUE",
+        "--set",
+        dest="params",
+        action="append",
+        default=[],
+        metavar="PARAM=VALUE",
         help="fix a hyperparameter of the method (a list such as [0.9,0.98] is searched on validation); "
         "`lort methods` lists each method's hyperparameters",
-    )  # fmt: skip
+    )
     _add_stage2_args(rt)
     rt.set_defaults(func=cmd_retrain)
 
     cp = sub.add_parser("compare", help="stage 2: every method on one representation, leaderboard")
     cp.add_argument("--methods", default="all", help="comma-separated method names, or all")
     cp.add_argument(
-        "--set", dest="params", action="append", default=[], metavar="METHOD.PARAM=VALUE",
+        "--set",
+        dest="params",
+        action="append",
+        default=[],
+        metavar="METHOD.PARAM=VALUE",
         help="fix a method's hyperparameter, e.g. --set lort.smooth=0.98 or --set tau_norm.tau=[0.5,1] (repeatable)",
-    )  # fmt: skip
+    )
     _add_stage2_args(cp)
     cp.set_defaults(func=cmd_compare)
 

@@ -57,6 +57,17 @@ class Stage2Config:
     tta_flip: bool = False  # test-time flip averaging of val/test features (reported when on)
     sweep: bool = True  # the smoothing sweep and the lr x weight-decay grid of the report
 
+    def schedule(self) -> Schedule:
+        """The re-training schedule of this section (the first learning rate as its lr)."""
+        return Schedule(
+            epochs=self.epochs,
+            lr=self.lrs[0],
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            batch_size=self.batch_size,
+            seed=self.seed,
+        )
+
 
 @dataclass
 class RunConfig:
@@ -179,9 +190,7 @@ def validate(cfg: RunConfig) -> None:
     model_input_size(s1.model)  # unknown model names fail here, before any data is read
     check_lrs([s1.lr], "stage1.lr")
     check_lrs(cfg.stage2.lrs, "stage2.lrs")
-    s2 = cfg.stage2
-    Schedule(epochs=s2.epochs, lr=s2.lrs[0], momentum=s2.momentum, weight_decay=s2.weight_decay,
-             batch_size=s2.batch_size, seed=s2.seed)  # fmt: skip
+    cfg.stage2.schedule()  # its checks
     checks = [
         (s1.epochs >= 1, f"stage1.epochs must be >= 1, got {s1.epochs}"),
         (s1.batch_size >= 1, f"stage1.batch_size must be >= 1, got {s1.batch_size}"),

@@ -11,9 +11,3 @@ class LortError(Exception):
 
     def __init__(self, message: str = "", *args) -> None:
         super().__init__(" ".join(str(message).split()), *args)
-
-
-def check(condition: bool, message: str) -> None:
-    """Raise :class:`LortError` with ``message`` unless ``condition`` holds."""
-    if not condition:
-        raise LortError(message)

@@ -199,9 +199,13 @@ class _RetrainerBase(_Mixin, _Base):
         if not isinstance(seed, int | np.integer):
             raise InputError(f"random_state must be an integer or None, got {seed!r}")
         schedule = Schedule(
-            epochs=self.epochs, lr=float(lrs[0]), momentum=self.momentum, weight_decay=self.weight_decay,
-            batch_size=self.batch_size, seed=int(seed),
-        )  # fmt: skip
+            epochs=self.epochs,
+            lr=float(lrs[0]),
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            batch_size=self.batch_size,
+            seed=int(seed),
+        )
         return schedule, tuple(float(v) for v in lrs)
 
     def _init_classifier(self, k: int, d: int):

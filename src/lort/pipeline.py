@@ -16,10 +16,10 @@ from .data.features import load_features
 from .env_info import environment
 from .errors import LortError
 from .io import remove_stale_temporaries, sha256_file, write_json, write_text
+from .layout import PipelineRun
 from .stage1.train import train
 from .stage2.compare import check_fixed
 from .stage2.methods import resolve_methods
-from .stage2.schedule import Schedule
 from .stage2.sweep import sensitivity_grid, smoothing_sweep
 from .stage2.workflow import features_from_checkpoint, run_compare
 
@@ -41,66 +41,82 @@ def run_pipeline(cfg: RunConfig, out: str | Path, command: str | None = None) ->
     s2 = cfg.stage2
     check_fixed(s2.params, resolve_methods(s2.methods))  # method names and hyperparameters fail before any work
     out = Path(out)
+    run = PipelineRun(out)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)  # what killed writers left behind
     config_text = dump_yaml(cfg)
-    if (out / "config.yaml").is_file() and (out / "config.yaml").read_text() != config_text:
+    if (run.config).is_file() and (run.config).read_text() != config_text:
         raise LortError(f"{out} already holds a run with a different config; choose another --out")
-    write_text(out / "config.yaml", config_text)
-    commands = json.loads((out / "commands.json").read_text()) if (out / "commands.json").is_file() else []
-    write_json(out / "commands.json", commands + [command or " ".join(sys.argv)])
-    write_json(out / "environment.json", environment(cfg.stage1.seed))
+    write_text(run.config, config_text)
+    commands = json.loads((run.commands).read_text()) if (run.commands).is_file() else []
+    write_json(run.commands, commands + [command or " ".join(sys.argv)])
+    write_json(run.environment, environment(cfg.stage1.seed))
 
     _log("1/6 data")
     ds = build_dataset(cfg.data)
-    write_json(out / "dataset.json", ds.summary() | {"classes": ds.classes})
+    write_json(run.dataset, ds.summary() | {"classes": ds.classes})
 
     _log("2/6 stage 1 (resumes if interrupted)")
-    s1 = train(cfg, out / "stage1", resume=True, dataset=ds)
+    s1 = train(cfg, run.stage1.root, resume=True, dataset=ds)
     if int(os.environ.get("RANK", "0")) != 0:
         return {}
-    ckpt = out / "stage1" / s1["selected_checkpoint"]
+    ckpt = run.stage1 / s1["selected_checkpoint"]
     ckpt_sha = sha256_file(ckpt)
 
     _log("3/6 feature cache")
-    feats = out / "features.npz"
+    feats = run.features
     meta = _valid_json(
-        out / "features.json", checkpoint_sha256=ckpt_sha, views=cfg.stage2.views, tta_flip=cfg.stage2.tta_flip
+        run.features_meta, checkpoint_sha256=ckpt_sha, views=cfg.stage2.views, tta_flip=cfg.stage2.tta_flip
     )
     if meta is None or not feats.is_file() or sha256_file(feats) != meta.get("sha256"):
-        fs, _, _, _ = features_from_checkpoint(ckpt, cfg.data.root, cfg.stage2.views, True, cfg.stage2.tta_flip,
-                                               workers=cfg.stage1.workers)  # fmt: skip
+        fs = features_from_checkpoint(
+            ckpt, cfg.data.root, cfg.stage2.views, True, cfg.stage2.tta_flip, workers=cfg.stage1.workers
+        ).features
         fs.save(feats)
-        write_json(out / "features.json", {"checkpoint_sha256": ckpt_sha, "views": cfg.stage2.views, "tta_flip": cfg.stage2.tta_flip,
-                                           "sha256": sha256_file(feats)})  # fmt: skip
+        write_json(
+            run.features_meta,
+            {
+                "checkpoint_sha256": ckpt_sha,
+                "views": cfg.stage2.views,
+                "tta_flip": cfg.stage2.tta_flip,
+                "sha256": sha256_file(feats),
+            },
+        )
     else:
         _log("   features.npz is valid, reused")
     fs = load_features(feats)
     feats_sha = sha256_file(feats)
 
-    schedule = Schedule(epochs=s2.epochs, lr=s2.lrs[0], momentum=s2.momentum, weight_decay=s2.weight_decay,
-                        batch_size=s2.batch_size, seed=s2.seed)  # fmt: skip
+    schedule = s2.schedule()
     _log("4/6 stage-2 comparison")
-    board = _valid_json(out / "compare" / "leaderboard.json", features_sha256=feats_sha)
+    board = _valid_json(run.compare.leaderboard_json, features_sha256=feats_sha)
     if board is None:
-        run_compare(fs, s2.methods, out / "compare", schedule, tuple(s2.lrs), str(feats),
-                    progress=lambda m: _log(f"   {m}"), fixed=s2.params)  # fmt: skip
-        board = json.loads((out / "compare" / "leaderboard.json").read_text())
-        write_json(out / "compare" / "leaderboard.json", board | {"features_sha256": feats_sha})
+        run_compare(
+            fs,
+            s2.methods,
+            run.compare.root,
+            schedule,
+            tuple(s2.lrs),
+            str(feats),
+            progress=lambda m: _log(f"   {m}"),
+            fixed=s2.params,
+        )
+        board = json.loads((run.compare.leaderboard_json).read_text())
+        write_json(run.compare.leaderboard_json, board | {"features_sha256": feats_sha})
     else:
         _log("   leaderboard is valid, reused")
 
     if s2.sweep:
         _log("5/6 smoothing sweep and lr x weight-decay sensitivity")
-        if _valid_json(out / "sweep.meta.json", features_sha256=feats_sha) is None:
-            write_json(out / "sweep.json", smoothing_sweep(fs, schedule))
-            write_json(out / "sensitivity.json", sensitivity_grid(fs))
-            write_json(out / "sweep.meta.json", {"features_sha256": feats_sha})
+        if _valid_json(run.sweep_meta, features_sha256=feats_sha) is None:
+            write_json(run.sweep, smoothing_sweep(fs, schedule))
+            write_json(run.sensitivity, sensitivity_grid(fs))
+            write_json(run.sweep_meta, {"features_sha256": feats_sha})
     _log("6/6 report")
     html, md = build_report(out)
     return {
         "stage1": s1,
-        "leaderboard": out / "compare" / "leaderboard.md",
+        "leaderboard": run.compare.leaderboard_md,
         "report": html,
         "summary": md,
     }

@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ..data.longtail import GROUP_NAMES, class_groups
 
 
+def grouped_per_class_accuracy(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Accuracy of each class for G prediction vectors ``(G, N)`` -> ``(G, K)`` float64 on the
+    predictions' device; NaN for a class with no samples in this split. The one definition
+    of per-class (and so balanced) accuracy: stage-2 selection and every report use it."""
+    correct = (preds == labels).double()
+    total = torch.bincount(labels, minlength=num_classes).double()
+    hits = torch.zeros(len(preds), num_classes, dtype=torch.float64, device=preds.device).index_add_(1, labels, correct)
+    return torch.where(total > 0, hits / total.clamp_min(1), torch.full_like(hits, float("nan")))
+
+
+def grouped_balanced_accuracy(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Mean per-class accuracy over the classes present, for ``(G, N)`` predictions -> ``(G,)``."""
+    return grouped_per_class_accuracy(preds, labels, num_classes).nanmean(1)
+
+
 def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Accuracy of each class; NaN for a class with no samples in this split."""
-    pred = np.asarray(pred)
-    labels = np.asarray(labels)
-    total = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    correct = np.bincount(labels[pred == labels], minlength=num_classes).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, correct / np.maximum(total, 1), np.nan)
+    pred = torch.as_tensor(np.asarray(pred), device="cpu").reshape(1, -1)
+    labels = torch.as_tensor(np.asarray(labels, dtype=np.int64), device="cpu")
+    return grouped_per_class_accuracy(pred, labels, num_classes)[0].numpy()
 
 
 def _nanmean(values: np.ndarray) -> float | None:

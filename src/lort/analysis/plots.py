@@ -61,8 +61,15 @@ def plot_per_class_accuracy(per_method: dict[str, dict], train_counts, path: str
     cmap = plt.get_cmap("tab20")
     for i, m in enumerate(_method_order(per_method)):
         acc = np.array([np.nan if a is None else a for a in per_method[m]["per_class"]])
-        ax.plot(counts[order], 100 * acc[order], marker="o", ms=3, lw=2.2 if m.startswith("lort") else 1.0,
-                color=cmap(i % 20), label=f"{m} ({100 * per_method[m]['acc']:.1f}%)")  # fmt: skip
+        ax.plot(
+            counts[order],
+            100 * acc[order],
+            marker="o",
+            ms=3,
+            lw=2.2 if m.startswith("lort") else 1.0,
+            color=cmap(i % 20),
+            label=f"{m} ({100 * per_method[m]['acc']:.1f}%)",
+        )
     ax.set_xscale("log")
     ax.invert_xaxis()
     ax.set_xlabel("training images of the class (log scale, head on the left)")
@@ -84,9 +91,11 @@ def plot_magnitude_and_rsd(per_method: dict[str, dict], train_counts, path: str 
     """Normalised Logits Magnitude and Regularized Standard Deviation (positive and
     negative samples) by class group, one line per method (legend: ascending accuracy)."""
     labels, kind = _group_axis(train_counts)
-    metrics = [("logits_magnitude_normalized", "Logits Magnitude (1-norm normalised)"),
-               ("rsd_positive", "Regularized Std (positive samples)"),
-               ("rsd_negative", "Regularized Std (negative samples)")]  # fmt: skip
+    metrics = [
+        ("logits_magnitude_normalized", "Logits Magnitude (1-norm normalised)"),
+        ("rsd_positive", "Regularized Std (positive samples)"),
+        ("rsd_negative", "Regularized Std (negative samples)"),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     cmap = plt.get_cmap("tab20")
     for ax, (key, title) in zip(axes, metrics, strict=True):

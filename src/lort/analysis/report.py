@@ -14,8 +14,10 @@ import numpy as np
 from ..data.longtail import GROUP_NAMES
 from ..errors import LortError
 from ..io import write_json, write_text
+from ..layout import CompareRun, PipelineRun
 from . import plots
 from .metrics import analyze
+from .tables import format_cell
 
 
 def _load_npz(path: Path) -> dict:
@@ -25,10 +27,11 @@ def _load_npz(path: Path) -> dict:
 
 def analyze_comparison(cmp_dir: Path) -> dict[str, dict]:
     """``analyze`` of every method's test logits (and classifier, when saved)."""
+    cmp = CompareRun(cmp_dir)
     out = {}
-    for f in sorted((cmp_dir / "logits").glob("*.npz")):
+    for f in sorted(cmp.logits_dir.glob("*.npz")):
         d = _load_npz(f)
-        clf = cmp_dir / "classifiers" / f.name
+        clf = cmp.classifier(f.stem)
         w = b = None
         if clf.is_file():
             c = _load_npz(clf)
@@ -39,7 +42,7 @@ def analyze_comparison(cmp_dir: Path) -> dict[str, dict]:
 
 def _pick_sample(cmp_dir: Path, a: str, b: str) -> tuple[int, int, dict] | None:
     """A test sample of the rarest class that ``a`` gets wrong and ``b`` right (else the first)."""
-    pa, pb = cmp_dir / "logits" / f"{a}.npz", cmp_dir / "logits" / f"{b}.npz"
+    pa, pb = CompareRun(cmp_dir).logits(a), CompareRun(cmp_dir).logits(b)
     if not (pa.is_file() and pb.is_file()):
         return None
     da, db = _load_npz(pa), _load_npz(pb)
@@ -59,58 +62,94 @@ def _img(path: Path) -> str:
 
 
 def _table(header: list[str], rows: list[list]) -> tuple[str, str]:
-    def cell(v):
-        if v is None:
-            return "–"
-        if isinstance(v, float):
-            return f"{v:.2f}"
-        return str(v)
-
     h = "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>"
-    h += "".join("<tr>" + "".join(f"<td>{html.escape(cell(v))}</td>" for v in r) + "</tr>" for r in rows)
+    h += "".join("<tr>" + "".join(f"<td>{html.escape(format_cell(v))}</td>" for v in r) + "</tr>" for r in rows)
     h += "</table>"
     md = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
-    md += "".join("| " + " | ".join(cell(v) for v in r) + " |\n" for r in rows)
+    md += "".join("| " + " | ".join(format_cell(v) for v in r) + " |\n" for r in rows)
     return h, md
 
 
 def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     """Write ``report.html``, ``report.md``, ``analysis.json`` and ``figures/*.png`` into ``run_dir``."""
-    run = Path(run_dir)
-    cmp_dir = run / "compare" if (run / "compare" / "leaderboard.json").is_file() else run
-    if not (cmp_dir / "leaderboard.json").is_file():
+    layout = PipelineRun(run_dir)
+    run = layout.root
+    cmp = layout.compare if layout.compare.leaderboard_json.is_file() else CompareRun(run)
+    cmp_dir = cmp.root
+    if not cmp.leaderboard_json.is_file():
         raise LortError(f"{run}: no leaderboard.json (run `lort compare` or `lort run` first)")
-    board = json.loads((cmp_dir / "leaderboard.json").read_text())
+    board = json.loads(cmp.leaderboard_json.read_text())
     per_method = analyze_comparison(cmp_dir)
     if not per_method:
         raise LortError(f"{cmp_dir}/logits: no logits files to analyse")
-    write_json(run / "analysis.json", per_method)
-    figs = run / "figures"
+    write_json(layout.analysis, per_method)
+    figs = layout.figures
     counts = next(iter(per_method.values()))["train_counts"]
     dataset = {}
-    for candidate in (run / "dataset.json", run / "stage1" / "dataset.json"):
+    for candidate in (layout.dataset, layout.stage1.dataset):
         if candidate.is_file():
             dataset = json.loads(candidate.read_text())
             break
     classes = [str(i) for i in range(len(counts))]
     figures = [
-        ("Per-class accuracy against training count", plots.plot_per_class_accuracy(per_method, counts, figs / "per_class_accuracy.png")),
-        ("Logits Magnitude and Regularized Standard Deviation by class group", plots.plot_magnitude_and_rsd(per_method, counts, figs / "logits_magnitude_rsd.png")),
-    ]  # fmt: skip
+        (
+            "Per-class accuracy against training count",
+            plots.plot_per_class_accuracy(per_method, counts, figs / "per_class_accuracy.png"),
+        ),
+        (
+            "Logits Magnitude and Regularized Standard Deviation by class group",
+            plots.plot_magnitude_and_rsd(per_method, counts, figs / "logits_magnitude_rsd.png"),
+        ),
+    ]
     sample = _pick_sample(cmp_dir, "ce", "lort")
     if sample:
         i, label, logits = sample
-        figures.append(("One test sample: positive vs negative logits", plots.plot_sample_logits(logits, label, i, figs / "sample_logits.png")))  # fmt: skip
-    if (run / "sweep.json").is_file():
-        figures.append(("Accuracy against the smoothing value", plots.plot_smoothing_sweep(json.loads((run / "sweep.json").read_text()), figs / "smoothing_sweep.png")))  # fmt: skip
-    if (run / "sensitivity.json").is_file():
-        figures.append(("Sensitivity to learning rate and weight decay", plots.plot_sensitivity(json.loads((run / "sensitivity.json").read_text()), figs / "sensitivity.png")))  # fmt: skip
-    figures.append(("Training images per class", plots.plot_class_counts(counts, dataset.get("classes", classes) if isinstance(dataset.get("classes"), list) else classes, figs / "class_counts.png")))  # fmt: skip
+        figures.append(
+            (
+                "One test sample: positive vs negative logits",
+                plots.plot_sample_logits(logits, label, i, figs / "sample_logits.png"),
+            )
+        )
+    if layout.sweep.is_file():
+        figures.append(
+            (
+                "Accuracy against the smoothing value",
+                plots.plot_smoothing_sweep(json.loads(layout.sweep.read_text()), figs / "smoothing_sweep.png"),
+            )
+        )
+    if layout.sensitivity.is_file():
+        figures.append(
+            (
+                "Sensitivity to learning rate and weight decay",
+                plots.plot_sensitivity(json.loads(layout.sensitivity.read_text()), figs / "sensitivity.png"),
+            )
+        )
+    figures.append(
+        (
+            "Training images per class",
+            plots.plot_class_counts(
+                counts,
+                dataset.get("classes", classes) if isinstance(dataset.get("classes"), list) else classes,
+                figs / "class_counts.png",
+            ),
+        )
+    )
 
     results = board["results"]
     order = sorted(results, key=lambda r: -(r["test_acc"] or 0))
-    lb_rows = [[r["method"], r["test_acc"], r["test_many"], r["test_medium"], r["test_few"], r["val_acc"],
-                ", ".join(f"{k}={v}" for k, v in r["hyperparameters"].items()), r["epoch"]] for r in order]  # fmt: skip
+    lb_rows = [
+        [
+            r["method"],
+            r["test_acc"],
+            r["test_many"],
+            r["test_medium"],
+            r["test_few"],
+            r["val_acc"],
+            ", ".join(f"{k}={v}" for k, v in r["hyperparameters"].items()),
+            r["epoch"],
+        ]
+        for r in order
+    ]
     lb_html, lb_md = _table(
         [
             "method",
@@ -130,25 +169,38 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
         if a is None:
             continue
         gm = a["group_means"]
-        metric_rows.append([r["method"]] + [gm["logits_magnitude_normalized"][g] for g in GROUP_NAMES]
-                           + [gm["rsd_positive"][g] for g in GROUP_NAMES]
-                           + [None if a["ece"] is None else 100 * a["ece"], None if a["top5_acc"] is None else 100 * a["top5_acc"]])  # fmt: skip
-    mt_html, mt_md = _table(["method", "LM many", "LM medium", "LM few", "RSD+ many", "RSD+ medium", "RSD+ few", "ECE (%)", "top-5 (%)"], metric_rows)  # fmt: skip
+        metric_rows.append(
+            [r["method"]]
+            + [gm["logits_magnitude_normalized"][g] for g in GROUP_NAMES]
+            + [gm["rsd_positive"][g] for g in GROUP_NAMES]
+            + [None if a["ece"] is None else 100 * a["ece"], None if a["top5_acc"] is None else 100 * a["top5_acc"]]
+        )
+    mt_html, mt_md = _table(
+        ["method", "LM many", "LM medium", "LM few", "RSD+ many", "RSD+ medium", "RSD+ few", "ECE (%)", "top-5 (%)"],
+        metric_rows,
+    )
     profile = ""
     if dataset:
-        profile = (f"{dataset.get('dataset')}: {dataset.get('num_classes')} classes, {dataset.get('train_size')} training images, "
-                   f"imbalance ratio {dataset.get('imbalance_ratio', 0):.1f}, groups {dataset.get('groups')}, "
-                   f"validation {dataset.get('val_size')}, test {dataset.get('test_size')}")  # fmt: skip
-    stage1 = run / "stage1" / "summary.json"
+        profile = (
+            f"{dataset.get('dataset')}: {dataset.get('num_classes')} classes, {dataset.get('train_size')} training images, "
+            f"imbalance ratio {dataset.get('imbalance_ratio', 0):.1f}, groups {dataset.get('groups')}, "
+            f"validation {dataset.get('val_size')}, test {dataset.get('test_size')}"
+        )
+    stage1 = layout.stage1.summary
     backbone = ""
     if stage1.is_file():
         s1 = json.loads(stage1.read_text())
-        backbone = (f"{s1['model']}, {s1['epochs']} epochs, checkpoint {s1['selected_checkpoint']} (epoch {s1['selected_epoch']}, "
-                    f"{s1['selected_by']}); stage-1 test accuracy {100 * s1['test']['acc']:.2f}%")  # fmt: skip
-    config = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else ""
-    commands = json.loads((run / "commands.json").read_text()) if (run / "commands.json").is_file() else []
-    notes = [f"Mode: {board.get('mode', 'cache')}. Test-time augmentation: {'on' if board.get('tta') else 'off'}.",
-             board.get("selection", ""), board.get("verdict", "")]  # fmt: skip
+        backbone = (
+            f"{s1['model']}, {s1['epochs']} epochs, checkpoint {s1['selected_checkpoint']} (epoch {s1['selected_epoch']}, "
+            f"{s1['selected_by']}); stage-1 test accuracy {100 * s1['test']['acc']:.2f}%"
+        )
+    config = layout.config.read_text() if layout.config.is_file() else ""
+    commands = json.loads(layout.commands.read_text()) if layout.commands.is_file() else []
+    notes = [
+        f"Mode: {board.get('mode', 'cache')}. Test-time augmentation: {'on' if board.get('tta') else 'off'}.",
+        board.get("selection", ""),
+        board.get("verdict", ""),
+    ]
 
     md = ["# lort report", ""]
     md += [f"- Dataset: {profile}"] if profile else []
@@ -166,12 +218,14 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     md += ["## Figures", ""] + [f"![{t}](figures/{p.name})" for t, p in figures]
     md += ["", "## Commands", "", "```", *commands, "```"] if commands else []
     md += ["", "## Configuration", "", "```yaml", config.rstrip(), "```"] if config else []
-    md_path = run / "report.md"
+    md_path = layout.report_md
     write_text(md_path, "\n".join(md) + "\n")
 
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f2f2f2}img{max-width:100%;margin:.5em 0}"
-             "pre{background:#f6f6f6;padding:1em;overflow-x:auto}")  # fmt: skip
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f2f2f2}img{max-width:100%;margin:.5em 0}"
+        "pre{background:#f6f6f6;padding:1em;overflow-x:auto}"
+    )
     body = ["<h1>lort report</h1>", "<ul>"]
     body += [f"<li>Dataset: {html.escape(profile)}</li>"] if profile else []
     body += [f"<li>Backbone: {html.escape(backbone)}</li>"] if backbone else []
@@ -188,6 +242,6 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     body += ["<h2>Commands</h2><pre>" + html.escape("\n".join(commands)) + "</pre>"] if commands else []
     body += ["<h2>Configuration</h2><pre>" + html.escape(config) + "</pre>"] if config else []
     page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>lort report</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
-    html_path = run / "report.html"
+    html_path = layout.report_html
     write_text(html_path, page)
     return html_path, md_path

@@ -104,8 +104,14 @@ def download(url: str, dest: Path, md5: str, progress: bool = True) -> Path:
         with atomic_path(dest) as tmp:
             with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as f:
                 total = int(resp.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}",
-                          disable=not progress, leave=False) as bar:  # fmt: skip
+                with tqdm(
+                    total=total,
+                    unit="B",
+                    unit_scale=True,
+                    desc=f"downloading {dest.name}",
+                    disable=not progress,
+                    leave=False,
+                ) as bar:
                     received = 0
                     while block := resp.read(1 << 20):
                         f.write(block)

@@ -37,6 +37,15 @@ class LortModel(nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes).to(self.fc.weight.device)
 
 
+def max_norm_(weight: torch.Tensor, threshold) -> None:
+    """MaxNorm: project each class's weight vector (the last dimension) onto the ball of
+    radius ``threshold`` (a number, or a tensor broadcastable to the norms, e.g. one bound
+    per classifier of a ``(G, K, D)`` stack); vectors inside the ball are unchanged."""
+    with torch.no_grad():
+        norms = weight.norm(dim=-1, keepdim=True)
+        weight.mul_(torch.clamp(threshold / norms.clamp_min(1e-12), max=1.0))
+
+
 def init_weights(module: nn.Module) -> None:
     """Kaiming-normal convolutions, unit BatchNorm, default linear init."""
     for m in module.modules():

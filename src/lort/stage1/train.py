@@ -30,7 +30,9 @@ from ..data.transforms import ImagePathDataset
 from ..env_info import environment
 from ..errors import LortError
 from ..io import remove_stale_temporaries, write_json, write_text
+from ..layout import Stage1Run
 from ..models import create_model, model_input_size
+from ..models.base import max_norm_
 from ..runtime.checkpoint import load_model_state, read_checkpoint, save_checkpoint
 from ..runtime.distributed import DistInfo, barrier, cleanup, setup_distributed
 from ..runtime.precision import Precision, autocast, choose_precision
@@ -42,13 +44,6 @@ def seeded(*parts: int) -> torch.Generator:
     for p in parts:
         seed = (seed * 1_000_003 + int(p) + 1) % (2**63 - 1)
     return torch.Generator().manual_seed(seed)
-
-
-def max_norm_(weight: torch.Tensor, threshold: float) -> None:
-    """Project each class's weight vector onto the ball of radius ``threshold`` (MaxNorm)."""
-    with torch.no_grad():
-        norms = weight.norm(dim=1, keepdim=True)
-        weight.mul_(torch.clamp(threshold / norms.clamp_min(1e-12), max=1.0))
 
 
 def cosine_factor(step: int, total: int, warmup: int) -> float:
@@ -189,10 +184,10 @@ def train_one_epoch(
 
 def _check_out_dir(out: Path, cfg: RunConfig, resume: bool) -> dict | None:
     """The checkpoint to resume from, or None for a fresh run; errors on a foreign run."""
-    last = out / "last.pt"
+    last = Stage1Run(out).last
     if not last.exists():
-        if (out / "config.yaml").exists() and not resume:
-            saved = (out / "config.yaml").read_text()
+        if (Stage1Run(out).config).exists() and not resume:
+            saved = (Stage1Run(out).config).read_text()
             if saved != dump_yaml(cfg):
                 raise LortError(f"{out} already holds a different run; choose another --out")
         return None
@@ -235,8 +230,8 @@ def train(
 
 def _train(cfg: RunConfig, out: Path, resume: bool, dataset: LongTailedDataset | None, info: DistInfo) -> dict:
     s1 = cfg.stage1
-    if (out / "summary.json").exists() and resume:
-        return json.loads((out / "summary.json").read_text())
+    if (Stage1Run(out).summary).exists() and resume:
+        return json.loads((Stage1Run(out).summary).read_text())
     ckpt = _check_out_dir(out, cfg, resume)
     if s1.deterministic and info.device.type == "cpu":
         torch.use_deterministic_algorithms(True)
@@ -257,7 +252,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, dataset: LongTailedDataset |
     scaler = torch.amp.GradScaler("cuda", enabled=s1.amp == "fp16" and info.device.type == "cuda")
     start_epoch, best = 0, {"epoch": None, "val_balanced_acc": -1.0}
     if ckpt is not None:
-        load_model_state(model, ckpt["model"], str(out / "last.pt"))
+        load_model_state(model, ckpt["model"], str(Stage1Run(out).last))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -272,16 +267,16 @@ def _train(cfg: RunConfig, out: Path, resume: bool, dataset: LongTailedDataset |
         )
     train_fn = torch.compile(model) if s1.compile else model
     precision = choose_precision(s1.amp, info.device)
-    metrics_path = out / "metrics.jsonl"
+    metrics_path = Stage1Run(out).metrics
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "config.yaml", dump_yaml(cfg))
+        write_text(Stage1Run(out).config, dump_yaml(cfg))
         write_json(
-            out / "environment.json",
+            Stage1Run(out).environment,
             environment(s1.seed) | {"world_size": info.world_size, "precision": precision.to_dict()},
         )
         tqdm.write(f"stage 1 precision: {precision.name} ({precision.reason})")
-        write_json(out / "dataset.json", ds.summary())
+        write_json(Stage1Run(out).dataset, ds.summary())
         remove_stale_temporaries(out)  # a writer killed before its rename
         if ckpt is not None and "metrics" in ckpt:  # the log as of the checkpoint (a kill may fall in between)
             write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in ckpt["metrics"]))
@@ -330,8 +325,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, dataset: LongTailedDataset |
                 "metrics": history,
             }
             if improved:
-                save_checkpoint(out / "best.pt", **{k: v for k, v in state.items() if k not in ("optimizer",)})
-            save_checkpoint(out / "last.pt", **state)
+                save_checkpoint(Stage1Run(out).best, **{k: v for k, v in state.items() if k not in ("optimizer",)})
+            save_checkpoint(Stage1Run(out).last, **state)
             _append_jsonl(metrics_path, record)
             val = record.get("val_balanced_acc")
             tqdm.write(
@@ -376,7 +371,7 @@ def _finish(
     checksums = _replica_checksum(model, info)
     if not info.is_main:
         return {}
-    selected = "best.pt" if best["epoch"] is not None else "last.pt"
+    selected = (Stage1Run(out).best if best["epoch"] is not None else Stage1Run(out).last).name
     ckpt = read_checkpoint(out / selected)
     load_model_state(model, ckpt["model"], str(out / selected))
     model.eval()
@@ -396,5 +391,5 @@ def _finish(
         "world_size": info.world_size,
         "replica_param_sums": checksums,
     }
-    write_json(out / "summary.json", summary)
+    write_json(Stage1Run(out).summary, summary)
     return summary

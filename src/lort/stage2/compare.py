@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..analysis.metrics import accuracy_report
+from ..analysis.metrics import accuracy_report, grouped_balanced_accuracy
 from ..data.features import FeatureSet
 from ..errors import LortError
 from .heads import Head, LinearHead
@@ -21,33 +21,16 @@ from .schedule import DEFAULT_LRS, Schedule
 from .trainer import fit_head
 
 
-def _balanced(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Mean per-class accuracy (over the classes present) of predictions ``(G, N)``."""
-    correct = (preds == labels).double()
-    total = torch.bincount(labels, minlength=num_classes).double()
-    hits = torch.zeros(len(preds), num_classes, dtype=torch.float64, device=preds.device).index_add_(1, labels, correct)
-    present = total > 0
-    return (hits[:, present] / total[present]).mean(1)
-
-
-def balanced_accuracy(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Mean per-class accuracy over the classes present in ``labels``.
-
-    ``logits`` is ``(N, K)`` (returns a 0-d tensor) or ``(G, N, K)`` (returns ``(G,)``)."""
-    single = logits.dim() == 2
-    acc = _balanced((logits.unsqueeze(0) if single else logits).argmax(2), labels, num_classes)
-    return acc[0] if single else acc
-
-
-def head_balanced_accuracy(head: Head, x: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                           budget: int = 1 << 24) -> torch.Tensor:  # fmt: skip
-    """:func:`balanced_accuracy` of every classifier of ``head`` on ``x``, computed in row
+def head_balanced_accuracy(
+    head: Head, x: torch.Tensor, labels: torch.Tensor, num_classes: int, budget: int = 1 << 24
+) -> torch.Tensor:
+    """Balanced accuracy of every classifier of ``head`` on ``x``, computed in row
     chunks so that at most ``budget`` logits (G x rows x K) exist at once: the validation
     split of a large dataset scored by a whole grid never needs G full logit matrices."""
     g = head.groups()
     rows = max(1, budget // max(1, g * num_classes))
     preds = torch.cat([head(x[i : i + rows]).argmax(2) for i in range(0, len(x), rows)], dim=1)  # (G, N)
-    return _balanced(preds, labels, num_classes)
+    return grouped_balanced_accuracy(preds, labels, num_classes)
 
 
 @dataclass
@@ -97,10 +80,15 @@ def ce_classifier(fs: FeatureSet, schedule: Schedule, device=None) -> tuple[torc
     lrs = CE_INIT_LRS if has_val else CE_INIT_LRS[1:2]
     xv, yv = (torch.as_tensor(a, device=device) for a in val) if has_val else (None, None)
     head, curves = fit_head(
-        LinearHead(x.new_zeros(k, x.shape[1]), x.new_zeros(k), len(lrs)), x, y,
-        lambda logits, labels, epoch: grouped_cross_entropy(logits, labels), dataclasses.replace(schedule, epochs=max(schedule.epochs, 1)),
-        score_fn=(lambda h: head_balanced_accuracy(h, xv, yv, k)) if has_val else None, lr=list(lrs), num_classes=k,
-    )  # fmt: skip
+        LinearHead(x.new_zeros(k, x.shape[1]), x.new_zeros(k), len(lrs)),
+        x,
+        y,
+        lambda logits, labels, epoch: grouped_cross_entropy(logits, labels),
+        dataclasses.replace(schedule, epochs=max(schedule.epochs, 1)),
+        score_fn=(lambda h: head_balanced_accuracy(h, xv, yv, k)) if has_val else None,
+        lr=list(lrs),
+        num_classes=k,
+    )
     g = int(np.argmax(curves.max(axis=0))) if len(curves) else 0
     w, b = head.linear_params()
     fs.meta["init_classifier"] = f"cross-entropy fit from zero (lr {lrs[g]:g}), no classifier was given"
@@ -119,8 +107,9 @@ def context(fs: FeatureSet, schedule: Schedule, seed: int = 0, device=None) -> F
     k = fs.num_classes
     if fs.init_weight is not None:
         w = torch.as_tensor(fs.init_weight, dtype=torch.float32, device=device)
-        b = torch.as_tensor(fs.init_bias if fs.init_bias is not None else np.zeros(k), dtype=torch.float32,
-                            device=device)  # fmt: skip
+        b = torch.as_tensor(
+            fs.init_bias if fs.init_bias is not None else np.zeros(k), dtype=torch.float32, device=device
+        )
     else:
         w, b = ce_classifier(fs, schedule, device)
     return FitContext(
@@ -183,17 +172,30 @@ def fit_method(
     search = []
     if method.trains:
         head, curves = fit_head(
-            method.build_head(ctx, settings), ctx.x if train_source is None else train_source, ctx.y, method.loss(ctx, settings), schedule,
-            method.sampler, score_fn=(lambda h: head_balanced_accuracy(h, xv, yv, k)) if has_val else None,
-            max_norm=method.max_norm(ctx, settings), lr=[p["lr"] for p in settings],
-            weight_decay=method.weight_decay(settings), num_classes=k,
-        )  # fmt: skip
+            method.build_head(ctx, settings),
+            ctx.x if train_source is None else train_source,
+            ctx.y,
+            method.loss(ctx, settings),
+            schedule,
+            method.sampler,
+            score_fn=(lambda h: head_balanced_accuracy(h, xv, yv, k)) if has_val else None,
+            max_norm=method.max_norm(ctx, settings),
+            lr=[p["lr"] for p in settings],
+            weight_decay=method.weight_decay(settings),
+            num_classes=k,
+        )
         for g, point in enumerate(settings):
             curve = curves[:, g] if len(curves) else np.zeros(0)
             epoch = int(np.argmax(curve)) + 1 if len(curve) else schedule.epochs
             value = float(curve.max()) if len(curve) else None
-            search.append({"hyperparameters": point, "epoch": epoch, "val_balanced_acc": value,
-                           "curve": [round(float(c), 5) for c in curve]})  # fmt: skip
+            search.append(
+                {
+                    "hyperparameters": point,
+                    "epoch": epoch,
+                    "val_balanced_acc": value,
+                    "curve": [round(float(c), 5) for c in curve],
+                }
+            )
         best = max(range(len(settings)), key=lambda g: (search[g]["val_balanced_acc"] or 0.0, -g))
         chosen = method.posthoc(head.select(best), ctx, settings[best])
     else:

@@ -58,7 +58,7 @@ def split_features(
     crop+flip view (seeded); ``flip`` takes the horizontally flipped image. ``amp`` as in
     stage 1: ``auto`` runs the backbone under bf16 autocast where the hardware has native
     bf16 (features are returned as float32). ``features`` maps an image batch to
-    features (default ``model.forward_features``; see :func:`lort.surgery.feature_fn`).
+    features (default ``model.forward_features``; see :func:`lort.model_files.feature_fn`).
 
     ``input_size``: image files are cropped to it (default 224); small in-memory images
     are resized to it (bilinear, antialiased) when given, else kept at their size.
@@ -77,12 +77,19 @@ def split_features(
         aug = BatchAugment(**norm) if augment_seed is not None else BatchAugment(pad=0, flip=False, **norm)
         gen = torch.Generator().manual_seed(augment_seed) if augment_seed is not None else None
         images = split.images[idx] if world > 1 else split.images
-        batches = iterate_batches(images, labels, batch_size, False, gen, aug if augment_seed is not None else None,
-                                  normalizer=aug)  # fmt: skip
+        batches = iterate_batches(
+            images, labels, batch_size, False, gen, aug if augment_seed is not None else None, normalizer=aug
+        )
     else:
         norm = {} if normalize is None else {"mean": normalize[0], "std": normalize[1]}
-        ds = ImagePathDataset([split.paths[i] for i in idx], labels, train=augment_seed is not None,
-                              size=input_size or 224, seed=augment_seed or 0, **norm)  # fmt: skip
+        ds = ImagePathDataset(
+            [split.paths[i] for i in idx],
+            labels,
+            train=augment_seed is not None,
+            size=input_size or 224,
+            seed=augment_seed or 0,
+            **norm,
+        )
         batches = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers)
     resize = input_size if split.images is not None else None
     outs = []
@@ -98,8 +105,10 @@ def split_features(
             except LortError:
                 raise
             except Exception as exc:  # a user's model that cannot take this batch: say which
-                raise LortError(f"the model failed on an input batch of shape {tuple(x.shape)}: {type(exc).__name__}: "
-                                f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc  # fmt: skip
+                raise LortError(
+                    f"the model failed on an input batch of shape {tuple(x.shape)}: {type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}"
+                ) from exc
         if out.dim() != 2:
             raise LortError(f"the feature function returned shape {tuple(out.shape)}; expected (batch, features)")
         outs.append(out.float().cpu())
@@ -133,8 +142,15 @@ def extract_features(
     (kept as ``init_weight`` only when it has one output per class). ``input_size``,
     ``normalize`` and ``amp`` as in :func:`split_features`; all three are recorded."""
     device = device or torch.device("cpu")
-    common = dict(batch_size=batch_size, device=device, input_size=input_size, workers=workers, amp=amp,
-                  features=features, normalize=normalize)  # fmt: skip
+    common = dict(
+        batch_size=batch_size,
+        device=device,
+        input_size=input_size,
+        workers=workers,
+        amp=amp,
+        features=features,
+        normalize=normalize,
+    )
     splits = {}
     xs, ys = [], []
     for v in range(views):

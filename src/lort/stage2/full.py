@@ -17,8 +17,14 @@ class BackboneFeatures:
     """A feature source for :func:`lort.stage2.trainer.fit_head` that recomputes features
     of augmented training images with the frozen backbone for every batch."""
 
-    def __init__(self, model: nn.Module, images: np.ndarray, bn_mode: str = "eval", seed: int = 0,
-                 device: torch.device | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        images: np.ndarray,
+        bn_mode: str = "eval",
+        seed: int = 0,
+        device: torch.device | None = None,
+    ) -> None:
         if bn_mode not in ("eval", "train"):
             raise LortError(f"BatchNorm mode must be eval or train, got {bn_mode!r}")
         if images is None:

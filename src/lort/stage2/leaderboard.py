@@ -6,22 +6,26 @@ import csv
 import io
 from pathlib import Path
 
+from ..analysis.tables import format_cell
 from ..data.features import FeatureSet
 from ..io import save_npz, write_json, write_text
+from ..layout import CompareRun
 from .compare import MethodResult, logits_of
 
-COLUMNS = ["method", "test_acc", "test_many", "test_medium", "test_few",
-           "val_acc", "val_many", "val_medium", "val_few", "epoch", "hyperparameters", "time_s"]  # fmt: skip
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.2f}"
-    if isinstance(v, dict):
-        return ", ".join(f"{k}={x:g}" if isinstance(x, float) else f"{k}={x}" for k, x in v.items())
-    return str(v)
+COLUMNS = [
+    "method",
+    "test_acc",
+    "test_many",
+    "test_medium",
+    "test_few",
+    "val_acc",
+    "val_many",
+    "val_medium",
+    "val_few",
+    "epoch",
+    "hyperparameters",
+    "time_s",
+]
 
 
 def verdict(results: list[MethodResult], ours: str = "lort") -> str:
@@ -46,15 +50,30 @@ def rows(results: list[MethodResult]) -> list[dict]:
 
 
 def markdown(results: list[MethodResult], title: str = "Stage-2 leaderboard", notes: list[str] = ()) -> str:
-    header = ["method", "test acc", "many", "medium", "few", "val acc", "val many", "val medium", "val few",
-              "epoch", "hyperparameters (chosen on validation)", "time (s)"]  # fmt: skip
+    header = [
+        "method",
+        "test acc",
+        "many",
+        "medium",
+        "few",
+        "val acc",
+        "val many",
+        "val medium",
+        "val few",
+        "epoch",
+        "hyperparameters (chosen on validation)",
+        "time (s)",
+    ]
     lines = [f"# {title}", ""]
     lines += [f"- {n}" for n in notes]
-    lines += ["- Accuracies in %. Test: top-1 accuracy on the test split, evaluated once after every "
-              "choice was made on validation (val: balanced accuracy).", ""]  # fmt: skip
+    lines += [
+        "- Accuracies in %. Test: top-1 accuracy on the test split, evaluated once after every "
+        "choice was made on validation (val: balanced accuracy).",
+        "",
+    ]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows(results):
-        lines.append("| " + " | ".join(_fmt(row[c]) for c in COLUMNS) + " |")
+        lines.append("| " + " | ".join(format_cell(row[c]) for c in COLUMNS) + " |")
     v = verdict(results)
     if v:
         lines += ["", v]
@@ -66,14 +85,21 @@ def to_csv(results: list[MethodResult]) -> str:
     writer = csv.DictWriter(buf, fieldnames=COLUMNS)
     writer.writeheader()
     for row in rows(results):
-        writer.writerow(row | {"hyperparameters": _fmt(row["hyperparameters"])})
+        writer.writerow(row | {"hyperparameters": format_cell(row["hyperparameters"])})
     return buf.getvalue()
 
 
-def write_leaderboard(out: str | Path, results: list[MethodResult], fs: FeatureSet, meta: dict,
-                      title: str = "Stage-2 leaderboard", notes: list[str] = ()) -> Path:  # fmt: skip
+def write_leaderboard(
+    out: str | Path,
+    results: list[MethodResult],
+    fs: FeatureSet,
+    meta: dict,
+    title: str = "Stage-2 leaderboard",
+    notes: list[str] = (),
+) -> Path:
     """Write leaderboard.{md,csv,json}, logits/<method>.npz and classifiers/<method>.npz."""
     out = Path(out)
+    run = CompareRun(out)
     out.mkdir(parents=True, exist_ok=True)
     for r in results:
         arrays = {}
@@ -83,16 +109,16 @@ def write_leaderboard(out: str | Path, results: list[MethodResult], fs: FeatureS
                 arrays[f"{split}_logits"] = logits_of(r.head, x)
                 arrays[f"{split}_labels"] = y
         arrays["train_counts"] = fs.train_counts
-        save_npz(out / "logits" / f"{r.method}.npz", **arrays)
+        save_npz(run.logits(r.method), **arrays)
         if hasattr(r.head, "linear_params"):
             w, b = r.head.linear_params()
-            save_npz(out / "classifiers" / f"{r.method}.npz", weight=w[0].numpy(), bias=b[0].numpy())
+            save_npz(run.classifier(r.method), weight=w[0].cpu().numpy(), bias=b[0].cpu().numpy())
     payload = {
         **meta,
         "verdict": verdict(results),
         "results": [r.row() | {"title": r.title, "val": r.val, "test": r.test, "search": r.search} for r in results],
     }
-    write_json(out / "leaderboard.json", payload)
-    write_text(out / "leaderboard.csv", to_csv(results))
-    write_text(out / "leaderboard.md", markdown(results, title, notes))
-    return out / "leaderboard.md"
+    write_json(run.leaderboard_json, payload)
+    write_text(run.leaderboard_csv, to_csv(results))
+    write_text(run.leaderboard_md, markdown(results, title, notes))
+    return run.leaderboard_md

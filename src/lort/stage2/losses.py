@@ -22,13 +22,22 @@ DEFAULT_SMOOTH = 0.98  # LORT's s, as published
 
 # LORT's two parametrisations, declared once: the method, the loss and the estimator all check with these.
 SMOOTH = Param(
-    "smooth", default=DEFAULT_SMOOTH, source_default=DEFAULT_SMOOTH, grid=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99),
-    low=0.0, high=1.0, high_open=True, doc="s of the target (1 - s) * onehot + s / K",
-)  # fmt: skip
+    "smooth",
+    default=DEFAULT_SMOOTH,
+    source_default=DEFAULT_SMOOTH,
+    grid=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99),
+    low=0.0,
+    high=1.0,
+    high_open=True,
+    doc="s of the target (1 - s) * onehot + s / K",
+)
 TARGET_RATIO = Param(
-    "target_ratio", default=None, low=1.0, low_open=True,
+    "target_ratio",
+    default=None,
+    low=1.0,
+    low_open=True,
     doc="K-independent alternative to s: true-class over other-class target, r = 1 + K(1 - s)/s",
-)  # fmt: skip
+)
 
 
 def check_smooth(smooth: float) -> float:

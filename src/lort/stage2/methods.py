@@ -237,9 +237,15 @@ class WeightBalancing(Method):
     )
     params = (
         Param("weight_decay", default=5e-4, grid=(5e-4, 5e-3, 5e-2), low=0.0),
-        Param("max_norm_scale", default=0.5, grid=(0.5, 1.0), low=0.0, low_open=True,
-              doc="MaxNorm bound as a multiple of the mean stage-1 class-weight norm"),
-    )  # fmt: skip
+        Param(
+            "max_norm_scale",
+            default=0.5,
+            grid=(0.5, 1.0),
+            low=0.0,
+            low_open=True,
+            doc="MaxNorm bound as a multiple of the mean stage-1 class-weight norm",
+        ),
+    )
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
         w = ctx.tensor(L.effective_number_weights(ctx.counts))
@@ -299,10 +305,18 @@ class LabelAwareSmoothing(Method):
     )
     sampler = "balanced"
     params = (
-        Param("smooth_head_tail", default=(0.3, 0.0), source_default=(0.3, 0.0), grid=((0.3, 0.0), (0.4, 0.1)),
-              kind=tuple, low=0.0, high=1.0, high_open=True,
-              doc="smoothing of the largest and of the smallest class (source: CIFAR-10 (0.3, 0.0), CIFAR-100 (0.4, 0.1))"),
-    )  # fmt: skip
+        Param(
+            "smooth_head_tail",
+            default=(0.3, 0.0),
+            source_default=(0.3, 0.0),
+            grid=((0.3, 0.0), (0.4, 0.1)),
+            kind=tuple,
+            low=0.0,
+            high=1.0,
+            high_open=True,
+            doc="smoothing of the largest and of the smallest class (source: CIFAR-10 (0.3, 0.0), CIFAR-100 (0.4, 0.1))",
+        ),
+    )
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
         eps = ctx.tensor(torch.stack([L.label_aware_smoothing(ctx.counts, *hp["smooth_head_tail"]) for hp in hps]))
@@ -321,8 +335,9 @@ class ClassBalancedReweighting(Method):
     name = "cb_reweight"
     title = "Class-balanced re-weighting"
     source = "Cui et al., Class-Balanced Loss Based on Effective Number of Samples (CVPR 2019)"
-    params = (Param("beta", default=0.9999, source_default=0.9999, grid=(0.999, 0.9999), low=0.0, high=1.0,
-                    high_open=True),)  # fmt: skip
+    params = (
+        Param("beta", default=0.9999, source_default=0.9999, grid=(0.999, 0.9999), low=0.0, high=1.0, high_open=True),
+    )
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
         w = ctx.tensor(torch.stack([L.effective_number_weights(ctx.counts, hp["beta"]) for hp in hps]))

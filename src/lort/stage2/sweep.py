@@ -17,8 +17,13 @@ SMOOTH_VALUES = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 TARGET_RATIOS = (1.5, 2.0, 3.0, 5.0, 10.0)
 
 
-def smoothing_sweep(fs: FeatureSet, schedule: Schedule | None = None, smooth=SMOOTH_VALUES,
-                    ratios=TARGET_RATIOS, lr: float | None = None) -> list[dict]:  # fmt: skip
+def smoothing_sweep(
+    fs: FeatureSet,
+    schedule: Schedule | None = None,
+    smooth=SMOOTH_VALUES,
+    ratios=TARGET_RATIOS,
+    lr: float | None = None,
+) -> list[dict]:
     """LORT at each ``s`` and each target ratio ``r`` (converted to ``s`` for this K), the
     epoch chosen on validation, validation and test accuracy of each point."""
     schedule = schedule or Schedule()
@@ -52,8 +57,14 @@ def _brief(rep: dict | None) -> dict:
     return {k: rep[k] for k in ("acc", "balanced_acc", "many", "medium", "few")} if rep else {}
 
 
-def sensitivity_grid(fs: FeatureSet, methods=("lort", "ce"), lrs=(5e-4, 2e-3, 5e-3, 2e-2, 5e-2),
-                     weight_decays=(0.0, 5e-4, 5e-3, 5e-2), epochs: int = 10, smooth: float = DEFAULT_SMOOTH) -> dict:  # fmt: skip
+def sensitivity_grid(
+    fs: FeatureSet,
+    methods=("lort", "ce"),
+    lrs=(5e-4, 2e-3, 5e-3, 2e-2, 5e-2),
+    weight_decays=(0.0, 5e-4, 5e-3, 5e-2),
+    epochs: int = 10,
+    smooth: float = DEFAULT_SMOOTH,
+) -> dict:
     """Test accuracy after a fixed budget of ``epochs`` (no early stopping) for every
     learning rate x weight decay, per method; all cells of a method trained side by side."""
     schedule = Schedule(epochs=epochs)
@@ -71,10 +82,16 @@ def sensitivity_grid(fs: FeatureSet, methods=("lort", "ce"), lrs=(5e-4, 2e-3, 5e
         cells = [{"lr": lr, "weight_decay": wd} for lr in lrs for wd in weight_decays]
         hps = [{"smooth": smooth} | c for c in cells] if method.has_param("smooth") else [dict(c) for c in cells]
         head, _ = fit_head(
-            method.build_head(ctx, hps), ctx.x, ctx.y, method.loss(ctx, hps), schedule, method.sampler,
-            lr=[c["lr"] for c in cells], weight_decay=[c["weight_decay"] for c in cells],
+            method.build_head(ctx, hps),
+            ctx.x,
+            ctx.y,
+            method.loss(ctx, hps),
+            schedule,
+            method.sampler,
+            lr=[c["lr"] for c in cells],
+            weight_decay=[c["weight_decay"] for c in cells],
             num_classes=fs.num_classes,
-        )  # fmt: skip
+        )
         with torch.no_grad():
             logits = head(torch.as_tensor(xt, device=ctx.device)).cpu().numpy()
         acc = [accuracy_report(logits[g], yt, fs.train_counts)["acc"] for g in range(len(cells))]

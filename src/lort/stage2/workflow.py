@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from ..data import DataConfig, build_dataset
+from ..analysis.metrics import analyze
+from ..data import DataConfig, LongTailedDataset, build_dataset
 from ..data.features import FeatureSet, load_features
 from ..data.transforms import NORMALIZATIONS
 from ..env_info import environment
 from ..errors import LortError
 from ..io import save_torch, write_json
+from ..layout import CompareRun
 from ..models import model_input_size
 from ..runtime.checkpoint import load_model
-from .compare import DEFAULT_LRS, compare, evaluate_test, fit_method
+from .compare import DEFAULT_LRS, compare, evaluate_test, fit_method, logits_of
 from .extract import extract_features
 from .full import BackboneFeatures
 from .heads import LinearHead, LWSHead
@@ -29,13 +33,40 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@dataclass
+class CheckpointFeatures:
+    """Features extracted with a stage-1 checkpoint, and what produced them."""
+
+    features: FeatureSet
+    model: torch.nn.Module  # on the CPU
+    checkpoint: dict
+    dataset: LongTailedDataset
+
+
+@dataclass
+class FeatureSource:
+    """A representation to re-train on: the features, and — when they come from a
+    checkpoint — the backbone; ``train_source`` is the frozen backbone over augmented
+    images in full mode, else None (cached features)."""
+
+    features: FeatureSet
+    name: str
+    model: torch.nn.Module | None = None
+    checkpoint: dict | None = None
+    train_source: BackboneFeatures | None = None
+
+
 def features_from_checkpoint(
-    checkpoint: str | Path, root: str | None = None, views: int = 1, progress: bool = False, tta_flip: bool = False,
-    device: torch.device | None = None, workers: int = 0,
-):  # fmt: skip
+    checkpoint: str | Path,
+    root: str | None = None,
+    views: int = 1,
+    progress: bool = False,
+    tta_flip: bool = False,
+    device: torch.device | None = None,
+    workers: int = 0,
+) -> CheckpointFeatures:
     """Build the checkpoint's dataset (its saved data config; ``root`` may relocate it) and
-    extract features with the frozen backbone in eval mode. Returns the feature set, the
-    model (on CPU), the checkpoint and the dataset."""
+    extract features with the frozen backbone in eval mode."""
     model, ckpt = load_model(checkpoint)
     data = dict(ckpt["config"]["data"])
     if root is not None:
@@ -46,17 +77,25 @@ def features_from_checkpoint(
     device = device or default_device()
     model = model.to(device).to(memory_format=torch.channels_last)
     size = None if ds.train.images is not None else model_input_size(ckpt["arch"])  # as stage 1 trained it
-    fs = extract_features(model, ds, views=views, device=device, input_size=size, progress=progress,
-                          tta_flip=tta_flip, workers=workers)  # fmt: skip
+    fs = extract_features(
+        model, ds, views=views, device=device, input_size=size, progress=progress, tta_flip=tta_flip, workers=workers
+    )
     fs.meta |= {"checkpoint": str(checkpoint), "dataset": ds.summary()}
-    return fs, model.cpu(), ckpt, ds
+    return CheckpointFeatures(fs, model.cpu(), ckpt, ds)
 
 
 def features_from_module_file(
-    path: str | Path, data: DataConfig, layer: str | None = None, input_size: int | None = None, views: int = 1,
-    progress: bool = False, tta_flip: bool = False, device: torch.device | None = None, workers: int = 0,
+    path: str | Path,
+    data: DataConfig,
+    layer: str | None = None,
+    input_size: int | None = None,
+    views: int = 1,
+    progress: bool = False,
+    tta_flip: bool = False,
+    device: torch.device | None = None,
+    workers: int = 0,
     normalize: tuple[tuple, tuple] = NORMALIZATIONS["imagenet"],
-) -> FeatureSet:  # fmt: skip
+) -> FeatureSet:
     """Features of ``data`` from a user's model file (``torch.export`` program or TorchScript:
     its output; a saved ``nn.Module``: the input of ``layer`` or of its last linear layer, which
     is also kept as the classifier to warm-start from when it has one output per class).
@@ -64,7 +103,7 @@ def features_from_module_file(
     their size, image files cropped to 224); ``normalize`` is ``(mean, std)``, ImageNet's by
     default, as most pretrained networks expect."""
     from ..io import file_digest
-    from ..surgery import LayerInputs, feature_fn, load_module_file
+    from ..model_files import LayerInputs, feature_fn, load_module_file
 
     model = load_module_file(path)
     fn = feature_fn(model, layer)
@@ -74,17 +113,39 @@ def features_from_module_file(
     if not isinstance(model, torch.jit.ScriptModule):
         model = model.to(memory_format=torch.channels_last)
     classifier = fn.layer if isinstance(fn, LayerInputs) else None
-    fs = extract_features(model, ds, views=views, device=device, input_size=input_size, progress=progress,
-                          tta_flip=tta_flip, features=fn, classifier=classifier, workers=workers,
-                          normalize=normalize)  # fmt: skip
-    fs.meta |= {"model_file": str(path), "model_sha256": file_digest(path), "layer": getattr(fn, "name", None),
-                "dataset": ds.summary()}  # fmt: skip
+    fs = extract_features(
+        model,
+        ds,
+        views=views,
+        device=device,
+        input_size=input_size,
+        progress=progress,
+        tta_flip=tta_flip,
+        features=fn,
+        classifier=classifier,
+        workers=workers,
+        normalize=normalize,
+    )
+    fs.meta |= {
+        "model_file": str(path),
+        "model_sha256": file_digest(path),
+        "layer": getattr(fn, "name", None),
+        "dataset": ds.summary(),
+    }
     return fs
 
 
-def run_compare(fs: FeatureSet, methods: list[str], out: str | Path, schedule: Schedule,
-                lrs=DEFAULT_LRS, source: str = "", progress=None, train_source=None,
-                fixed: dict | None = None) -> tuple[list, Path]:  # fmt: skip
+def run_compare(
+    fs: FeatureSet,
+    methods: list[str],
+    out: str | Path,
+    schedule: Schedule,
+    lrs=DEFAULT_LRS,
+    source: str = "",
+    progress=None,
+    train_source=None,
+    fixed: dict | None = None,
+) -> tuple[list, Path]:
     t0 = time.perf_counter()
     results = compare(fs, resolve_methods(methods), schedule, lrs, fixed, progress=progress, train_source=train_source)
     meta = {
@@ -101,16 +162,29 @@ def run_compare(fs: FeatureSet, methods: list[str], out: str | Path, schedule: S
         "total_time_s": round(time.perf_counter() - t0, 2),
         "environment": environment(schedule.seed),
     }
-    notes = [f"features: {source}", f"schedule: {dataclasses.asdict(schedule)}; learning rates searched: {meta['lrs']}",
-             f"mode: {meta['mode']}", "test-time augmentation: " + ("ON (flip averaging)" if meta["tta"] else "off"),
-             f"warm start: {meta['init_classifier']}"]  # fmt: skip
+    notes = [
+        f"features: {source}",
+        f"schedule: {dataclasses.asdict(schedule)}; learning rates searched: {meta['lrs']}",
+        f"mode: {meta['mode']}",
+        "test-time augmentation: " + ("ON (flip averaging)" if meta["tta"] else "off"),
+        f"warm start: {meta['init_classifier']}",
+    ]
     path = write_leaderboard(out, results, fs, meta, notes=notes)
     return results, path
 
 
-def run_retrain(fs: FeatureSet, method: str, out: str | Path, schedule: Schedule, lrs=DEFAULT_LRS,
-                fixed: dict | None = None, model: torch.nn.Module | None = None, ckpt: dict | None = None,
-                source: str = "", train_source=None):  # fmt: skip
+def run_retrain(
+    fs: FeatureSet,
+    method: str,
+    out: str | Path,
+    schedule: Schedule,
+    lrs=DEFAULT_LRS,
+    fixed: dict | None = None,
+    model: torch.nn.Module | None = None,
+    ckpt: dict | None = None,
+    source: str = "",
+    train_source=None,
+):
     """Re-train one method (choices on validation), evaluate test once, write the classifier
     (``classifier.npz``), the summary and — with a backbone — the full model (``model.pt``)."""
     result = fit_method(get_method(method), fs, schedule, lrs, fixed, train_source=train_source)
@@ -131,17 +205,21 @@ def run_retrain(fs: FeatureSet, method: str, out: str | Path, schedule: Schedule
             fc.weight.copy_(w[0])
             fc.bias.copy_(b[0])
         state = {k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler", "scaler", "model")}
-        save_torch(out / "model.pt", state | {"model": model.state_dict(), "stage2": result.row()})
-    write_json(out / "summary.json", result.row() | {"val": result.val, "test": result.test})
+        save_torch(CompareRun(out).model, state | {"model": model.state_dict(), "stage2": result.row()})
+    write_json(CompareRun(out).summary, result.row() | {"val": result.val, "test": result.test})
     return result, markdown([result], f"Re-trained classifier: {method}")
 
 
 def load_feature_source(
-    features: str | None, checkpoint: str | None, root: str | None, views: int = 1,
-    mode: str = "cache", bn_mode: str = "eval", seed: int = 0,
-):  # fmt: skip
-    """``(features, model, checkpoint, source name, train source)``; the train source is
-    the frozen backbone over augmented images in full mode, else None (cached features)."""
+    features: str | None,
+    checkpoint: str | None,
+    root: str | None,
+    views: int = 1,
+    mode: str = "cache",
+    bn_mode: str = "eval",
+    seed: int = 0,
+) -> FeatureSource:
+    """The representation of ``--features FILE`` or ``--checkpoint RUN/best.pt``."""
     if bool(features) == bool(checkpoint):
         raise LortError("give exactly one of --features FILE.npz or --checkpoint RUN/best.pt")
     if mode not in ("cache", "full"):
@@ -149,7 +227,31 @@ def load_feature_source(
     if features:
         if mode == "full":
             raise LortError("full mode runs the backbone every epoch: give --checkpoint, not --features")
-        return load_features(features), None, None, str(features), None
-    fs, model, ckpt, ds = features_from_checkpoint(checkpoint, root, views, progress=True)
-    train_source = BackboneFeatures(model, ds.train.images, bn_mode, seed) if mode == "full" else None
-    return fs, model, ckpt, str(checkpoint), train_source
+        return FeatureSource(load_features(features), str(features))
+    got = features_from_checkpoint(checkpoint, root, views, progress=True)
+    train_source = BackboneFeatures(got.model, got.dataset.train.images, bn_mode, seed) if mode == "full" else None
+    return FeatureSource(got.features, str(checkpoint), got.model, got.checkpoint, train_source)
+
+
+def analyze_logits_file(path: str | Path, split: str = "test") -> dict:
+    """Every metric of :func:`lort.analysis.metrics.analyze` for a logits file that
+    ``lort compare`` wrote (``<split>_logits``, ``<split>_labels``, ``train_counts``)."""
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            z, y, counts = d[f"{split}_logits"], d[f"{split}_labels"], d["train_counts"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise LortError(f"{path}: not a lort logits file ({exc})") from None
+    return analyze(z, y, counts)
+
+
+def analyze_given_classifier(source: FeatureSource, split: str = "test") -> dict:
+    """Every metric for the classifier that came with the features (``init_weight``)."""
+    fs = source.features
+    if fs.init_weight is None:
+        raise LortError(f"{source.name}: the features carry no classifier (init_weight) to analyse")
+    if split not in fs.splits:
+        raise LortError(f"{source.name}: no {split} split to analyse")
+    x, y = fs.splits[split]
+    bias = fs.init_bias if fs.init_bias is not None else np.zeros(fs.num_classes)
+    head = LinearHead(torch.as_tensor(fs.init_weight, dtype=torch.float32), torch.as_tensor(bias, dtype=torch.float32))
+    return analyze(logits_of(head, x), y, fs.train_counts, fs.init_weight, fs.init_bias)

@@ -1,0 +1,15 @@
+"""How a value is written in a table cell (leaderboards, reports): one rule for all tables."""
+
+from __future__ import annotations
+
+
+def format_cell(v) -> str:
+    """``None`` -> an en dash, floats with two decimals, hyperparameter dicts as
+    ``k=v`` pairs (floats with ``%g``), anything else as ``str``."""
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={x:g}" if isinstance(x, float) else f"{k}={x}" for k, x in v.items())
+    return str(v)
