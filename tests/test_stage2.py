@@ -406,3 +406,51 @@ def test_warm_start_methods_fit_a_ce_classifier_when_none_is_given(toy):
     assert "cross-entropy fit from zero" in fs.meta["init_classifier"]
     acc = (logits_of(r.head, toy.splits["test"][0]).argmax(1) == toy.splits["test"][1]).mean()
     assert acc > 0.5
+
+
+# ----------------------------------------------------------------------------- the engine: fused passes, memory budget, plan
+
+
+def _rows(results):
+    return [r.row() | {"time_s": 0} for r in results], [r.search for r in results]
+
+
+def test_fused_passes_equal_separate_fits_bit_for_bit(toy):
+    """Methods that share a sampler and head kind train in one pass; each result equals
+    the method fitted alone (same batches, independent updates)."""
+    sched = Schedule(epochs=3)
+    fused = compare(toy, list(METHODS.values()), sched, lrs=(5e-3, 5e-2))
+    for r in fused:
+        alone = fit_method(METHODS[r.method], toy, sched, lrs=(5e-3, 5e-2))
+        assert r.search == alone.search, r.method
+        x = toy.splits["test"][0]
+        assert np.array_equal(logits_of(r.head, x), logits_of(alone.head, x)), r.method
+
+
+def test_a_small_memory_budget_trains_in_chunks_with_identical_results(toy):
+    from lort.stage2.plan import make_plan, setting_bytes
+
+    sched = Schedule(epochs=2)
+    methods = [METHODS[m] for m in ("ce", "lort", "wb", "crt", "mislas")]
+    whole = compare(toy, methods, sched, lrs=(5e-3, 5e-2))
+    features = sum(a.nbytes + b.nbytes for a, b in toy.splits.values())
+    budget = features + 5 * setting_bytes(toy.num_classes, toy.dim, sched.batch_size)
+    plan = make_plan(methods, toy, sched, (5e-3, 5e-2), budget_bytes=budget)
+    assert plan.max_settings == 5 and max(p.settings for p in plan.passes) == 5
+    assert plan.settings == sum(len(r.search) for r in whole)
+    chunked = compare(toy, methods, sched, lrs=(5e-3, 5e-2), memory_budget=budget)
+    assert _rows(chunked) == _rows(whole)
+    with pytest.raises(LortError, match=r"stage 2 needs .* MiB for one setting .* the memory budget leaves"):
+        make_plan(methods, toy, sched, (5e-3,), budget_bytes=features + 10)
+
+
+def test_compare_prints_its_plan_and_dry_run_stops_there(tmp_path, toy, capsys):
+    path = tmp_path / "f.npz"
+    toy.save(path)
+    out = tmp_path / "cmp"
+    assert main(["compare", "--features", str(path), "--out", str(out), "--epochs", "2", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "plan: " in err and "FLOP" in err and "peak memory" in err and "predicted:" in err
+    assert not out.exists()
+    assert main(["compare", "--features", str(path), "--out", str(out), "--memory-budget", "0.001"]) == 2
+    assert "memory budget leaves" in capsys.readouterr().err

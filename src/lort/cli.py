@@ -319,12 +319,21 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .stage2.compare import check_fixed
     from .stage2.methods import resolve_methods
+    from .stage2.plan import make_plan, matmul_rate
     from .stage2.workflow import load_feature_source, run_compare
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    fixed = check_fixed(_fixed_params(args.params), resolve_methods(methods))  # bad names fail before any work
+    resolved = resolve_methods(methods)
+    fixed = check_fixed(_fixed_params(args.params), resolved)  # bad names fail before any work
     schedule, lrs = _schedule(args)
+    if args.memory_budget is not None and args.memory_budget <= 0:
+        raise LortError(f"--memory-budget must be a positive number of MiB, got {args.memory_budget}")
     src = load_feature_source(args.features, args.checkpoint, args.root, args.views, args.mode, args.bn_mode, args.seed)
+    budget = None if args.memory_budget is None else int(args.memory_budget * 2**20)
+    plan = make_plan(resolved, src.features, schedule, lrs, fixed, budget)
+    print(plan.describe(matmul_rate(plan)), file=sys.stderr)
+    if args.dry_run:
+        return 0
     _, path = run_compare(
         src.features,
         methods,
@@ -332,9 +341,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         schedule,
         lrs,
         src.name,
-        progress=lambda name: print(f"fitting {name} ...", file=sys.stderr),
         train_source=src.train_source,
         fixed=fixed,
+        plan=plan,
+        show_progress=True,
     )
     print(path.read_text())
     print(f"written to {args.out}")
@@ -509,6 +519,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="METHOD.PARAM=VALUE",
         help="fix a method's hyperparameter, e.g. --set lort.smooth=0.98 or --set tau_norm.tau=[0.5,1] (repeatable)",
+    )
+    cp.add_argument("--dry-run", action="store_true", help="print the plan (settings, FLOP, memory, time) and stop")
+    cp.add_argument(
+        "--memory-budget",
+        type=float,
+        help="MiB stage 2 may use, features included (default: the features plus 90%% of the memory free now); "
+        "it caps how many settings train side by side",
     )
     _add_stage2_args(cp)
     cp.set_defaults(func=cmd_compare)

@@ -4,12 +4,14 @@ epoch on the validation split, then evaluate the test split once."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..analysis.metrics import accuracy_report, grouped_balanced_accuracy
 from ..data.features import FeatureSet
@@ -132,6 +134,242 @@ def logits_of(head: Head, x) -> np.ndarray:
         return head.predict_logits(torch.as_tensor(x, dtype=torch.float32, device=head_device(head))).cpu().numpy()
 
 
+@dataclass
+class Job:
+    """One method's planned work: the settings it trains (or, post hoc, evaluates)."""
+
+    method: Method
+    settings: list[dict[str, Any]]
+    seconds: float = 0.0
+
+
+def plan_job(method: Method, schedule: Schedule, lrs, fixed, has_val: bool) -> Job:
+    """The settings ``method`` trains: its grid x the learning rates with validation data,
+    its defaults and the schedule's lr without."""
+    points = method.settings(fixed, search=has_val)
+    if not has_val:
+        points = points[:1]
+    if not method.trains:
+        return Job(method, points)
+    lr_values = list(lrs) if (lrs and has_val) else [schedule.lr]
+    return Job(method, [hp | {"lr": lr} for hp in points for lr in lr_values])
+
+
+@dataclass
+class Part:
+    """Some settings of one job, with the pieces they plug into the loop."""
+
+    job: Job
+    indices: list[int]  # positions in job.settings
+    head: Head
+    loss: Any
+    max_norm: list[float] | None
+    weight_decay: list[float] | None
+    lr: list[float]
+
+
+def build_part(job: Job, indices: list[int], ctx: FitContext) -> Part:
+    settings = [job.settings[i] for i in indices]
+    m = job.method
+    return Part(
+        job,
+        indices,
+        head=m.build_head(ctx, settings),
+        loss=m.loss(ctx, settings),
+        max_norm=m.max_norm(ctx, settings),
+        weight_decay=m.weight_decay(settings),
+        lr=[p["lr"] for p in settings],
+    )
+
+
+def fusion_key(method: Method) -> tuple:
+    """Methods with equal keys train in one pass of the loop: the same sampler draws the
+    same batches (one seed), and heads of one kind stack along the settings dimension."""
+    return (method.sampler, method.head_class) if hasattr(method.head_class, "stack") else (method.name,)
+
+
+def _fused_loss(parts: list[Part]):
+    if len(parts) == 1:
+        return parts[0].loss
+    bounds = np.cumsum([0] + [len(p.indices) for p in parts])
+
+    def loss(logits, y, epoch):
+        return torch.cat(
+            [p.loss(logits[a:b], y, epoch) for p, a, b in zip(parts, bounds[:-1], bounds[1:], strict=True)]
+        )
+
+    return loss
+
+
+def _per_setting(parts: list[Part], attr: str, default: float) -> list[float] | None:
+    values = [getattr(p, attr) for p in parts]
+    if all(v is None for v in values):
+        return None
+    return [x for p, v in zip(parts, values, strict=True) for x in (v if v is not None else [default] * len(p.indices))]
+
+
+def passes(jobs: list[Job], max_settings: int) -> list[list[tuple[Job, list[int]]]]:
+    """The passes of the loop: trained jobs grouped by :func:`fusion_key` (in order of first
+    appearance), each group cut into chunks of at most ``max_settings`` settings; a pass is
+    a list of ``(job, setting indices)``."""
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        if job.method.trains:
+            groups.setdefault(fusion_key(job.method), []).append(job)
+    out = []
+    for members in groups.values():
+        pairs = [(job, i) for job in members for i in range(len(job.settings))]
+        for start in range(0, len(pairs), max_settings):
+            chunk, units = pairs[start : start + max_settings], []
+            for job, i in chunk:
+                if units and units[-1][0] is job:
+                    units[-1][1].append(i)
+                else:
+                    units.append((job, [i]))
+            out.append(units)
+    return out
+
+
+def train_jobs(
+    jobs: list[Job],
+    ctx: FitContext,
+    schedule: Schedule,
+    score_fn,
+    train_source=None,
+    progress=None,
+    max_settings: int | None = None,
+    bar=None,
+) -> dict[int, tuple[list[tuple[Head, int]], np.ndarray]]:
+    """Train every trained job in :func:`passes`: settings that share a sampler and a head
+    kind run side by side in ONE pass of the loop, at most ``max_settings`` at once (the
+    memory budget). Each setting's update depends only on its own loss and the batches are
+    the same in every pass, so each result equals its separate fit. Returns, per job,
+    ``(where each setting's classifier is: (head, index), validation curves (epochs, G))``.
+    ``bar`` (a tqdm bar counting setting-steps) advances with every step."""
+    plan = passes(jobs, max_settings or 1 << 30)
+    found: dict[int, dict[int, tuple[Head, int, np.ndarray]]] = {}
+    for units in plan:
+        names = ", ".join(dict.fromkeys(job.method.name for job, _ in units))
+        if progress:
+            progress(names)
+        if bar is not None:
+            bar.set_description(f"stage 2: {names}")
+        t0 = time.perf_counter()
+        parts = [build_part(job, idx, ctx) for job, idx in units]
+        head = parts[0].head if len(parts) == 1 else type(parts[0].head).stack([p.head for p in parts])
+        head, curves = fit_head(
+            head,
+            ctx.x if train_source is None else train_source,
+            ctx.y,
+            _fused_loss(parts),
+            schedule,
+            units[0][0].method.sampler,
+            score_fn=score_fn,
+            max_norm=_per_setting(parts, "max_norm", float("inf")),
+            lr=_per_setting(parts, "lr", schedule.lr),
+            weight_decay=_per_setting(parts, "weight_decay", schedule.weight_decay),
+            num_classes=ctx.num_classes,
+            on_step=None if bar is None else functools.partial(bar.update, sum(len(p.indices) for p in parts)),
+        )
+        seconds = time.perf_counter() - t0
+        total = sum(len(p.indices) for p in parts)
+        g = 0
+        for part in parts:
+            part.job.seconds += seconds * len(part.indices) / total  # the pass's time, shared by settings
+            for i in part.indices:
+                found.setdefault(id(part.job), {})[i] = (head, g, curves[:, g] if len(curves) else np.zeros(0))
+                g += 1
+    out = {}
+    for job in jobs:
+        if id(job) in found:
+            cells = [found[id(job)][i] for i in range(len(job.settings))]
+            curves = (
+                np.stack([c[2] for c in cells], axis=1) if cells and len(cells[0][2]) else np.zeros((0, len(cells)))
+            )
+            out[id(job)] = ([(c[0], c[1]) for c in cells], curves)
+    return out
+
+
+def finish_job(job: Job, trained, ctx: FitContext, fs: FeatureSet, schedule: Schedule, xv, yv) -> MethodResult:
+    """Choose ``job``'s best setting and epoch on validation; its classifier, post-hoc step
+    applied. Without validation data the only setting and the last epoch."""
+    t0 = time.perf_counter()
+    method, settings, k = job.method, job.settings, fs.num_classes
+    has_val = xv is not None
+    search = []
+    if method.trains:
+        where, curves = trained
+        for g, point in enumerate(settings):
+            curve = curves[:, g] if len(curves) else np.zeros(0)
+            epoch = int(np.argmax(curve)) + 1 if len(curve) else schedule.epochs
+            value = float(curve.max()) if len(curve) else None
+            search.append(
+                {
+                    "hyperparameters": point,
+                    "epoch": epoch,
+                    "val_balanced_acc": value,
+                    "curve": [round(float(c), 5) for c in curve],
+                }
+            )
+        best = max(range(len(settings)), key=lambda g: (search[g]["val_balanced_acc"] or 0.0, -g))
+        head, index = where[best]
+        chosen = method.posthoc(head.select(index), ctx, settings[best])
+    else:
+        heads = []
+        for point in settings:
+            h = method.posthoc(method.build_head(ctx, [point]), ctx, point)
+            value = float(head_balanced_accuracy(h, xv, yv, k)[0]) if has_val else None
+            heads.append(h)
+            search.append({"hyperparameters": point, "epoch": None, "val_balanced_acc": value, "curve": []})
+        best = max(range(len(settings)), key=lambda g: (search[g]["val_balanced_acc"] or 0.0, -g))
+        chosen = heads[best]
+    point, epoch = search[best]["hyperparameters"], search[best]["epoch"]
+    val = fs.splits.get("val")
+    val_report = accuracy_report(logits_of(chosen, val[0]), val[1], fs.train_counts) if has_val else None
+    if not has_val:
+        point = point | {"note": "no validation split: defaults, nothing searched"}
+    return MethodResult(
+        method=method.name,
+        title=method.title,
+        hyperparameters=point,
+        epoch=epoch,
+        val=val_report,
+        time_s=job.seconds + time.perf_counter() - t0,
+        head=chosen,
+        search=search,
+    )
+
+
+def _validation(fs: FeatureSet, ctx: FitContext):
+    val = fs.splits.get("val")
+    if val is None or not len(val[1]):
+        return None, None
+    return torch.as_tensor(val[0], device=ctx.device), torch.as_tensor(val[1], device=ctx.device)
+
+
+def fit_methods(
+    methods: list[Method],
+    fs: FeatureSet,
+    schedule: Schedule,
+    lrs,
+    fixed: dict[str, dict[str, Any]],
+    ctx: FitContext,
+    train_source=None,
+    progress=None,
+    max_settings: int | None = None,
+    bar=None,
+) -> list[MethodResult]:
+    """Plan every method, train them (fused where they share a sampler and head kind, at
+    most ``max_settings`` side by side), choose each one's setting and epoch on
+    validation. Test data is never touched here."""
+    xv, yv = _validation(fs, ctx)
+    k = fs.num_classes
+    score_fn = (lambda h: head_balanced_accuracy(h, xv, yv, k)) if xv is not None else None
+    jobs = [plan_job(m, schedule, lrs, fixed.get(m.name), xv is not None) for m in methods]
+    trained = train_jobs(jobs, ctx, schedule, score_fn, train_source, progress, max_settings, bar)
+    return [finish_job(j, trained.get(id(j)), ctx, fs, schedule, xv, yv) for j in jobs]
+
+
 def fit_method(
     method: Method,
     fs: FeatureSet,
@@ -155,72 +393,7 @@ def fit_method(
     the features are moved once and every classifier trains, unless ``ctx`` gives it."""
     schedule = schedule or Schedule()
     ctx = ctx or context(fs, schedule, schedule.seed, device)
-    val = fs.splits.get("val")
-    has_val = val is not None and len(val[1]) > 0
-    k = fs.num_classes
-    t0 = time.perf_counter()
-    points = method.settings(fixed, search=has_val)
-    if not has_val:
-        points = points[:1]
-    if method.trains:
-        lr_values = list(lrs) if (lrs and has_val) else [schedule.lr]
-        settings = [hp | {"lr": lr} for hp in points for lr in lr_values]
-    else:
-        settings = points
-    xv = torch.as_tensor(val[0], device=ctx.device) if has_val else None
-    yv = torch.as_tensor(val[1], device=ctx.device) if has_val else None
-    search = []
-    if method.trains:
-        head, curves = fit_head(
-            method.build_head(ctx, settings),
-            ctx.x if train_source is None else train_source,
-            ctx.y,
-            method.loss(ctx, settings),
-            schedule,
-            method.sampler,
-            score_fn=(lambda h: head_balanced_accuracy(h, xv, yv, k)) if has_val else None,
-            max_norm=method.max_norm(ctx, settings),
-            lr=[p["lr"] for p in settings],
-            weight_decay=method.weight_decay(settings),
-            num_classes=k,
-        )
-        for g, point in enumerate(settings):
-            curve = curves[:, g] if len(curves) else np.zeros(0)
-            epoch = int(np.argmax(curve)) + 1 if len(curve) else schedule.epochs
-            value = float(curve.max()) if len(curve) else None
-            search.append(
-                {
-                    "hyperparameters": point,
-                    "epoch": epoch,
-                    "val_balanced_acc": value,
-                    "curve": [round(float(c), 5) for c in curve],
-                }
-            )
-        best = max(range(len(settings)), key=lambda g: (search[g]["val_balanced_acc"] or 0.0, -g))
-        chosen = method.posthoc(head.select(best), ctx, settings[best])
-    else:
-        heads = []
-        for point in settings:
-            h = method.posthoc(method.build_head(ctx, [point]), ctx, point)
-            value = float(head_balanced_accuracy(h, xv, yv, k)[0]) if has_val else None
-            heads.append(h)
-            search.append({"hyperparameters": point, "epoch": None, "val_balanced_acc": value, "curve": []})
-        best = max(range(len(settings)), key=lambda g: (search[g]["val_balanced_acc"] or 0.0, -g))
-        chosen = heads[best]
-    point, epoch = search[best]["hyperparameters"], search[best]["epoch"]
-    val_report = accuracy_report(logits_of(chosen, val[0]), val[1], fs.train_counts) if has_val else None
-    if not has_val:
-        point = point | {"note": "no validation split: defaults, nothing searched"}
-    return MethodResult(
-        method=method.name,
-        title=method.title,
-        hyperparameters=point,
-        epoch=epoch,
-        val=val_report,
-        time_s=time.perf_counter() - t0,
-        head=chosen,
-        search=search,
-    )
+    return fit_methods([method], fs, schedule, lrs, {method.name: fixed} if fixed else {}, ctx, train_source)[0]
 
 
 def check_fixed(fixed: dict[str, dict[str, Any]] | None, methods: list[Method]) -> dict[str, dict[str, Any]]:
@@ -254,18 +427,25 @@ def compare(
     progress=None,
     train_source=None,
     device=None,
+    memory_budget: int | None = None,
+    plan=None,
+    show_progress: bool = False,
 ) -> list[MethodResult]:
     """Fit every method (selection on validation), then evaluate each on test once.
     ``fixed`` maps a method name to hyperparameters it fixes (see :func:`fit_method`);
-    ``device``: where the features go (once) and the classifiers train; default CPU."""
+    ``device``: where the features go (once) and the classifiers train; default CPU;
+    ``memory_budget`` (bytes, default what is free) caps the settings trained side by side
+    (:func:`lort.stage2.plan.make_plan`; a ``plan`` made before may be given);
+    ``show_progress`` draws one bar over the whole comparison, with its ETA."""
+    from .plan import make_plan
+
     schedule = schedule or Schedule()
     fixed = check_fixed(fixed, methods)
+    plan = plan or make_plan(methods, fs, schedule, lrs, fixed, memory_budget, stage2_device(device))
     ctx = context(fs, schedule, schedule.seed, device)
-    results = []
-    for method in methods:
-        if progress:
-            progress(method.name)
-        results.append(fit_method(method, fs, schedule, lrs, fixed.get(method.name), ctx, train_source))
+    total = plan.settings * plan.steps_per_epoch * plan.epochs
+    with tqdm(total=total, unit="step", unit_scale=True, desc="stage 2", disable=not show_progress) as bar:
+        results = fit_methods(methods, fs, schedule, lrs, fixed, ctx, train_source, progress, plan.max_settings, bar)
     for r in results:
         evaluate_test(r, fs)
     return results

@@ -51,6 +51,11 @@ class LinearHead(Head):
     def select(self, g: int) -> LinearHead:
         return LinearHead(self.weight[g], self.bias[g])
 
+    @classmethod
+    def stack(cls, heads: list[LinearHead]) -> LinearHead:
+        """One head holding the classifiers of ``heads`` side by side, in order."""
+        return cls(torch.cat([h.weight for h in heads]), torch.cat([h.bias for h in heads]))
+
 
 class LWSHead(Head):
     """Learnable weight scaling (Kang et al., 2020): ``x @ (f * W).T + b`` with only the

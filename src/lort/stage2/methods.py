@@ -56,6 +56,7 @@ class Method:
     source = ""
     sampler = "natural"
     trains = True
+    head_class: type[Head] = LinearHead  # the kind of head build_head returns (fusion groups by it)
     params: tuple[Param, ...] = ()  # the method's hyperparameters, declared once (see lort.stage2.params)
 
     @property
@@ -208,6 +209,7 @@ class LWS(Method):
     title = "LWS (learnable weight scaling)"
     source = "Kang et al. (ICLR 2020)"
     sampler = "balanced"
+    head_class = LWSHead
 
     def build_head(self, ctx: FitContext, hps: list[dict]) -> Head:
         return LWSHead(ctx.init_weight, ctx.init_bias, len(hps))
@@ -365,6 +367,8 @@ class LDAMDRW(Method):
         "cosine classifier (scale 30) from the stage-1 directions, margins up to 0.5, "
         "effective-number re-weighting from half-way"
     )
+
+    head_class = CosineHead
 
     def build_head(self, ctx: FitContext, hps: list[dict]) -> Head:
         return CosineHead(ctx.init_weight, scale=30.0, groups=len(hps))

@@ -85,6 +85,7 @@ def fit_head(
     lr: Sequence[float] | float | None = None,
     weight_decay: Sequence[float] | float | None = None,
     num_classes: int | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> tuple[nn.Module, np.ndarray]:
     """Train the ``G`` classifiers of ``head`` on features ``x`` with labels ``y``.
 
@@ -94,7 +95,8 @@ def fit_head(
     ``score_fn(head)`` returns each classifier's validation score; each classifier keeps
     the weights of its best epoch (the first on ties). Returns the head and the scores
     as an ``(epochs, G)`` array (empty without ``score_fn``). Subnormal floats are flushed
-    to zero while it runs; the caller's setting is restored."""
+    to zero while it runs; the caller's setting is restored. ``on_step()`` is called after
+    every optimisation step (a progress bar)."""
     source = x if hasattr(x, "batch") else CachedFeatures(x)
     params = [p for p in head.parameters() if p.requires_grad]
     if schedule.epochs == 0 or not params:
@@ -137,6 +139,8 @@ def fit_head(
                 if bound is not None:
                     max_norm_(head.weight, bound)
             step += 1
+            if on_step is not None:
+                on_step()
         if score_fn is not None:
             head.eval()
             with torch.no_grad():

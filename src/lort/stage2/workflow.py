@@ -145,9 +145,21 @@ def run_compare(
     progress=None,
     train_source=None,
     fixed: dict | None = None,
+    plan=None,
+    show_progress: bool = False,
 ) -> tuple[list, Path]:
     t0 = time.perf_counter()
-    results = compare(fs, resolve_methods(methods), schedule, lrs, fixed, progress=progress, train_source=train_source)
+    results = compare(
+        fs,
+        resolve_methods(methods),
+        schedule,
+        lrs,
+        fixed,
+        progress=progress,
+        train_source=train_source,
+        plan=plan,
+        show_progress=show_progress,
+    )
     meta = {
         "source": source,
         "fixed_hyperparameters": fixed or {},

@@ -1,0 +1,179 @@
+"""The plan of a stage-2 comparison, made before any work: how many settings train in
+which passes of the loop, the floating-point work, the peak memory, and the time that work
+takes at the matrix-multiply rate this machine reaches for the same shapes.
+
+The loop's work per step and setting is two matrix products of a ``batch x D`` feature
+block with a ``K x D`` classifier (the logits, and the weight gradient), so
+``4 * batch * D * K`` FLOP; validation scoring adds ``2 * N_val * D * K`` per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import LortError
+from .compare import Job, passes, plan_job
+from .methods import Method
+from .schedule import Schedule
+
+# Bytes a trained setting holds beyond the features: its weights, gradient, momentum and the
+# best epoch's copy (4 x K x D floats), and per step a few batch x K logit-sized buffers.
+COPIES_PER_SETTING = 4
+LOGIT_BUFFERS = 6
+
+
+def setting_bytes(num_classes: int, dim: int, batch_size: int) -> int:
+    return 4 * (COPIES_PER_SETTING * num_classes * (dim + 1) + LOGIT_BUFFERS * batch_size * num_classes)
+
+
+def available_memory(device: torch.device | str = "cpu") -> int:
+    """Bytes free now: the GPU's free memory, or the machine's ``MemAvailable``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+@dataclass
+class Pass:
+    methods: list[str]
+    settings: int
+    sampler: str
+
+
+@dataclass
+class Plan:
+    num_classes: int
+    dim: int
+    train_rows: int
+    val_rows: int
+    epochs: int
+    batch_size: int
+    passes: list[Pass] = field(default_factory=list)
+    max_settings: int = 0
+    budget_bytes: int = 0
+    feature_bytes: int = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.train_rows / self.batch_size)
+
+    @property
+    def settings(self) -> int:
+        return sum(p.settings for p in self.passes)
+
+    def pass_flop(self, settings: int) -> float:
+        k, d = self.num_classes, self.dim
+        train = 4.0 * self.batch_size * d * k * settings * self.steps_per_epoch * self.epochs
+        score = 2.0 * self.val_rows * d * k * settings * self.epochs
+        return train + score
+
+    @property
+    def flop(self) -> float:
+        return sum(self.pass_flop(p.settings) for p in self.passes)
+
+    @property
+    def peak_bytes(self) -> int:
+        widest = max((p.settings for p in self.passes), default=0)
+        return self.feature_bytes + widest * setting_bytes(self.num_classes, self.dim, self.batch_size)
+
+    def describe(self, rate: float | None = None) -> str:
+        lines = [
+            f"plan: {self.settings} settings in {len(self.passes)} passes of the loop, {self.epochs} epochs x "
+            f"{self.steps_per_epoch} steps (batch {self.batch_size}); K = {self.num_classes}, D = {self.dim}, "
+            f"{self.train_rows} training rows",
+            f"      work {self.flop:.3g} FLOP; peak memory ~{self.peak_bytes / 2**20:,.0f} MiB "
+            f"(features {self.feature_bytes / 2**20:,.0f} MiB + at most {self.max_settings} settings at once; "
+            f"budget {self.budget_bytes / 2**20:,.0f} MiB)",
+        ]
+        for p in self.passes:
+            lines.append(f"      pass: {', '.join(p.methods)} ({p.settings} settings, {p.sampler} sampling)")
+        if rate:
+            lines.append(
+                f"      predicted: {self.flop / rate:,.0f} s of matrix work at this machine's same-shape "
+                f"matrix-multiply rate ({rate / 1e9:.1f} GFLOP/s), plus per-step overhead"
+            )
+        return "\n".join(lines)
+
+
+def make_plan(
+    methods: list[Method],
+    fs,
+    schedule: Schedule,
+    lrs,
+    fixed: dict | None = None,
+    budget_bytes: int | None = None,
+    device: torch.device | str = "cpu",
+) -> Plan:
+    """The plan for ``compare(fs, methods, ...)``. ``budget_bytes`` is the memory stage 2
+    may use, features included (default: the features plus 90% of what is free now); it
+    caps the settings trained side by side. A budget too small for one setting is a
+    LortError that gives the figures."""
+    x, _ = fs.splits["train"]
+    val = fs.splits.get("val")
+    has_val = val is not None and len(val[1]) > 0
+    k, d = fs.num_classes, x.shape[1]
+    feature_bytes = sum(int(a.nbytes) + int(b.nbytes) for a, b in fs.splits.values())
+    per = setting_bytes(k, d, schedule.batch_size)
+    if budget_bytes is None:  # the features are loaded already: what is free now is for the classifiers
+        budget = feature_bytes + int(0.9 * available_memory(device))
+    else:
+        budget = int(budget_bytes)
+    room = budget - feature_bytes
+    if per > room:
+        raise LortError(
+            f"stage 2 needs {per / 2**20:,.0f} MiB for one setting (K = {k}, D = {d}) and "
+            f"{feature_bytes / 2**20:,.0f} MiB of features; the memory budget leaves {max(room, 0) / 2**20:,.0f} MiB. "
+            "Free memory, or use a machine or GPU with more"
+        )
+    max_settings = max(1, room // per)
+    jobs: list[Job] = [plan_job(m, schedule, lrs, (fixed or {}).get(m.name), has_val) for m in methods]
+    plan = Plan(
+        num_classes=k,
+        dim=d,
+        train_rows=len(x),
+        val_rows=len(val[1]) if has_val else 0,
+        epochs=schedule.epochs,
+        batch_size=schedule.batch_size,
+        max_settings=max_settings,
+        budget_bytes=budget,
+        feature_bytes=feature_bytes,
+    )
+    for units in passes(jobs, max_settings):
+        names = list(dict.fromkeys(job.method.name for job, _ in units))
+        plan.passes.append(Pass(names, sum(len(i) for _, i in units), units[0][0].method.sampler))
+    return plan
+
+
+def matmul_rate(plan: Plan, device: torch.device | str = "cpu", seconds: float = 0.3) -> float:
+    """FLOP/s that ``torch.mm`` reaches here for the loop's shapes: the logits of the widest
+    pass (batch x D times D x G*K) and its weight gradient (G*K x batch times batch x D)."""
+    device = torch.device(device)
+    g = max((p.settings for p in plan.passes), default=1)
+    b, d, k = plan.batch_size, plan.dim, plan.num_classes
+    x = torch.randn(b, d, device=device)
+    w = torch.randn(g * k, d, device=device)
+    grad = torch.randn(g * k, b, device=device)
+    flop, spent, calls = 4.0 * b * d * k * g, 0.0, 0
+    torch.mm(x, w.T), torch.mm(grad, x)  # warm-up
+    while spent < seconds or calls < 3:
+        t0 = time.perf_counter()
+        torch.mm(x, w.T)
+        torch.mm(grad, x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        spent += time.perf_counter() - t0
+        calls += 1
+    return flop * calls / spent
