@@ -9,10 +9,10 @@ baseline:  per-sample PIL transforms (pad+random crop, flip, to-tensor, normalis
            feeds CIFAR.
 
 Both train the same model (SGD, batch 64) for the same number of steps after warm-up;
-the script prints the CPU's capability, images/s of each and the ratios, and with
-``--out FILE.json`` writes them to a file.
+the script prints the CPU's capability, images/s of each (medians of ``--rounds``
+interleaved rounds) and the ratios, and with ``--out FILE.json`` writes them to a file.
 
-    python benchmarks/stage1_throughput.py [--steps 60] [--root DIR] [--out results/speed/stage1.json]
+    python benchmarks/stage1_throughput.py [--steps 40] [--rounds 3] [--root DIR] [--out results/speed/stage1.json]
 
 The data root is ``--root``, else ``LORT_DATA``, else ``../shared/data`` beside the repository.
 """
@@ -86,9 +86,10 @@ def run(batches, model, steps, warmup, channels_last, precision=None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", default=None, help="data root (default: LORT_DATA, else ../shared/data)")
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds (medians reported)")
     ap.add_argument("--out", help="also write the figures to this JSON file")
     args = ap.parse_args()
     ds = build_dataset(DataConfig(dataset="cifar10", root=args.root or default_root()))
@@ -97,43 +98,55 @@ def main():
     print(f"CPU: {cap.describe()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(labels)} training images")
 
-    results = {}
-    for amp in ("none", "auto"):
+    precision = choose_precision("auto", "cpu")
+    print(f"amp=auto chooses {precision.name}: {precision.reason}")
+
+    def lort(amp):
         torch.manual_seed(0)
         model = create_model("resnet32", 10).to(memory_format=torch.channels_last)
         gen = torch.Generator().manual_seed(0)
         batches = iterate_batches(imgs, labels, args.batch_size, True, gen, BatchAugment(), drop_last=True)
-        precision = choose_precision(amp, "cpu")
-        results[amp] = run(batches, model, args.steps, args.warmup, channels_last=True, precision=precision)
-        label = f"amp={amp} -> {precision.name}"
-        print(f"lort pipeline (batched tensor aug, channels_last, {label}): {results[amp]:8.1f} images/s")
-        if amp == "auto":
-            print(f"  amp=auto chose {precision.name}: {precision.reason}")
+        return run(batches, model, args.steps, args.warmup, channels_last=True, precision=choose_precision(amp, "cpu"))
 
-    torch.manual_seed(0)
-    model = create_model("resnet32", 10)
-    loader = torch.utils.data.DataLoader(
-        PilCifar(imgs, labels),
-        batch_size=args.batch_size,
-        shuffle=True,
-        num_workers=2,
-        drop_last=True,
-    )
-    base = run(iter(loader), model, args.steps, args.warmup, channels_last=False)
-    print(f"baseline (per-sample PIL, DataLoader, NCHW, fp32): {base:8.1f} images/s")
-    print(f"ratio lort fp32 / baseline: {results['none'] / base:.2f}x")
-    print(f"ratio lort default (amp=auto -> {precision.name}) / baseline: {results['auto'] / base:.2f}x")
+    def reference():
+        torch.manual_seed(0)
+        model = create_model("resnet32", 10)
+        loader = torch.utils.data.DataLoader(
+            PilCifar(imgs, labels), batch_size=args.batch_size, shuffle=True, num_workers=2, drop_last=True
+        )
+        return run(iter(loader), model, args.steps, args.warmup, channels_last=False)
+
+    # Interleaved rounds: a machine whose speed drifts affects all three alike; medians are reported.
+    rates = {"lort_fp32": [], "lort_default": [], "reference_style": []}
+    for r in range(args.rounds):
+        rates["lort_fp32"].append(lort("none"))
+        rates["lort_default"].append(lort("auto"))
+        rates["reference_style"].append(reference())
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()) + " images/s")
+    med = {k: float(np.median(v)) for k, v in rates.items()}
+    print(f"lort pipeline (batched tensor aug, channels_last, fp32):            {med['lort_fp32']:8.1f} images/s")
+    print(f"lort pipeline (batched tensor aug, channels_last, default amp=auto -> {precision.name}): "
+          f"{med['lort_default']:8.1f} images/s")  # fmt: skip
+    print(f"reference style (per-sample PIL, DataLoader, NCHW, fp32):          {med['reference_style']:8.1f} images/s")
+    print(f"ratio lort fp32 / reference: {med['lort_fp32'] / med['reference_style']:.2f}x")
+    print(f"ratio lort default (amp=auto -> {precision.name}) / reference: "
+          f"{med['lort_default'] / med['reference_style']:.2f}x  (medians of {args.rounds} interleaved rounds)")  # fmt: skip
     if args.out:
-        write_json(args.out, {
-            "cpu": cap.to_dict(),
-            "amp_auto": precision.to_dict(),
-            "images_per_s": {"lort_fp32": results["none"], "lort_default": results["auto"], "reference_style": base},
-            "ratio_fp32": results["none"] / base,
-            "ratio_default": results["auto"] / base,
-            "steps": args.steps,
-            "batch_size": args.batch_size,
-            "environment": environment(0),
-        })  # fmt: skip
+        write_json(
+            args.out,
+            {
+                "cpu": cap.to_dict(),
+                "amp_auto": precision.to_dict(),
+                "images_per_s_median": med,
+                "images_per_s_rounds": rates,
+                "ratio_fp32": med["lort_fp32"] / med["reference_style"],
+                "ratio_default": med["lort_default"] / med["reference_style"],
+                "steps": args.steps,
+                "rounds": args.rounds,
+                "batch_size": args.batch_size,
+                "environment": environment(0),
+            },
+        )
 
 
 if __name__ == "__main__":
