@@ -72,6 +72,18 @@ def _per_group(value, groups: int, default: float, device: torch.device) -> torc
     return t.expand(groups).clone() if t.numel() == 1 else t
 
 
+def _runs(mask: torch.Tensor) -> list[tuple[int, int]]:
+    """The ``[start, stop)`` runs of consecutive True entries of a 1-D mask."""
+    runs, start = [], None
+    for i, on in enumerate(mask.tolist() + [False]):
+        if on and start is None:
+            start = i
+        elif not on and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs
+
+
 @flushing_denormals  # converged classifiers make subnormal gradients, ~10x slower on x86
 def fit_head(
     head: nn.Module,
@@ -117,6 +129,10 @@ def fit_head(
     best_score = torch.full((groups,), -math.inf, device=device)
     scores, step = [], 0
     views = [(lr_g.view(groups, *[1] * (p.dim() - 1)), wd_g.view(groups, *[1] * (p.dim() - 1))) for p in params]
+    # The update touches every weight of every setting each step and is bound by memory bandwidth
+    # at large K x D: weight decay and MaxNorm run only on the runs of settings that have them.
+    decayed = _runs(wd_g != 0)
+    bounded = [] if bound is None else _runs(torch.isfinite(bound.view(-1)))
     for epoch in range(schedule.epochs):
         order = epoch_order(labels_np, sampler, gen, k).to(y.device)
         head.train()
@@ -134,10 +150,12 @@ def fit_head(
             factor = 0.5 * (1.0 + math.cos(math.pi * step / total))
             with torch.no_grad():
                 for p, buf, (lr_v, wd_v) in zip(params, momentum, views, strict=True):
-                    buf.mul_(schedule.momentum).add_(p.grad + wd_v * p)  # torch.optim.SGD's rule
+                    for a, b in decayed:  # grad + wd * p, as torch.optim.SGD, where wd != 0
+                        p.grad[a:b].add_(wd_v[a:b] * p[a:b])
+                    buf.mul_(schedule.momentum).add_(p.grad)
                     p.sub_(factor * lr_v * buf)
-                if bound is not None:
-                    max_norm_(head.weight, bound)
+                for a, b in bounded:
+                    max_norm_(head.weight[a:b], bound[a:b])
             step += 1
             if on_step is not None:
                 on_step()
