@@ -95,8 +95,13 @@ class Plan:
             f"{self.steps_per_epoch} steps (batch {self.batch_size}); K = {self.num_classes}, D = {self.dim}, "
             f"{self.train_rows} training rows",
             f"      work {self.flop:.3g} FLOP; peak memory ~{self.peak_bytes / 2**20:,.0f} MiB "
-            f"(features {self.feature_bytes / 2**20:,.0f} MiB + at most {self.max_settings} settings at once; "
-            f"budget {self.budget_bytes / 2**20:,.0f} MiB)",
+            f"(features {self.feature_bytes / 2**20:,.0f} MiB + the widest pass; budget "
+            f"{self.budget_bytes / 2**20:,.0f} MiB, "
+            + (
+                "room for every setting at once)"
+                if self.max_settings >= self.settings
+                else f"room for {self.max_settings} settings at once)"
+            ),
         ]
         for p in self.passes:
             lines.append(f"      pass: {', '.join(p.methods)} ({p.settings} settings, {p.sampler} sampling)")
