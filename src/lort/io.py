@@ -38,10 +38,13 @@ def _failpoint(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files killed writers left in ``folder`` and below (never a real output)."""
+def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Delete the temporary files killed writers left in ``folder`` and below (never a real
+    output); with ``name``, only those of that one file in ``folder`` itself."""
     removed = []
-    for tmp in Path(folder).rglob(".*.tmp") if Path(folder).is_dir() else []:
+    folder = Path(folder)
+    found = folder.glob(f".{name}.*.tmp") if name else folder.rglob(".*.tmp")
+    for tmp in found if folder.is_dir() else []:
         if tmp.is_file():
             tmp.unlink(missing_ok=True)
             removed.append(tmp)

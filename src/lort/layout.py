@@ -12,6 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+class _File:
+    """A file (or folder) of a run folder: read on an instance, it is that path."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, folder, owner=None):
+        return self if folder is None else folder.root / self.name
+
+
 @dataclass(frozen=True)
 class _Folder:
     root: Path
@@ -23,133 +33,60 @@ class _Folder:
         return self.root / name
 
 
-class Stage1Run(_Folder):
-    """``lort train``: the config, the environment, the dataset profile, the per-epoch
-    metrics log, the last and best checkpoints, and the summary (test evaluated once)."""
+class _RecordedRun(_Folder):
+    """A run that records its resolved config, its environment and its dataset profile."""
 
-    @property
-    def config(self) -> Path:
-        return self / "config.yaml"
+    config = _File("config.yaml")
+    environment = _File("environment.json")
+    dataset = _File("dataset.json")
 
-    @property
-    def environment(self) -> Path:
-        return self / "environment.json"
 
-    @property
-    def dataset(self) -> Path:
-        return self / "dataset.json"
+class Stage1Run(_RecordedRun):
+    """``lort train``: besides the records, the per-epoch metrics log, the last and best
+    checkpoints, and the summary (test evaluated once)."""
 
-    @property
-    def metrics(self) -> Path:
-        return self / "metrics.jsonl"
-
-    @property
-    def last(self) -> Path:
-        return self / "last.pt"
-
-    @property
-    def best(self) -> Path:
-        return self / "best.pt"
-
-    @property
-    def summary(self) -> Path:
-        return self / "summary.json"
+    metrics = _File("metrics.jsonl")
+    last = _File("last.pt")
+    best = _File("best.pt")
+    summary = _File("summary.json")
 
 
 class CompareRun(_Folder):
     """``lort compare`` / ``lort retrain``: the leaderboard in three formats, each method's
     logits and classifier, and (retrain) the summary and the full model."""
 
-    @property
-    def leaderboard_json(self) -> Path:
-        return self / "leaderboard.json"
-
-    @property
-    def leaderboard_md(self) -> Path:
-        return self / "leaderboard.md"
-
-    @property
-    def leaderboard_csv(self) -> Path:
-        return self / "leaderboard.csv"
+    leaderboard_json = _File("leaderboard.json")
+    leaderboard_md = _File("leaderboard.md")
+    leaderboard_csv = _File("leaderboard.csv")
+    logits_dir = _File("logits")
+    summary = _File("summary.json")
+    model = _File("model.pt")
 
     def logits(self, method: str) -> Path:
-        return self / "logits" / f"{method}.npz"
-
-    @property
-    def logits_dir(self) -> Path:
-        return self / "logits"
+        return self.logits_dir / f"{method}.npz"
 
     def classifier(self, method: str) -> Path:
         return self / "classifiers" / f"{method}.npz"
 
-    @property
-    def summary(self) -> Path:
-        return self / "summary.json"
 
-    @property
-    def model(self) -> Path:
-        return self / "model.pt"
-
-
-class PipelineRun(_Folder):
+class PipelineRun(_RecordedRun):
     """``lort run``: everything of the pipeline, one folder per stage, the report at the top."""
 
-    @property
-    def config(self) -> Path:
-        return self / "config.yaml"
-
-    @property
-    def commands(self) -> Path:
-        return self / "commands.json"
-
-    @property
-    def environment(self) -> Path:
-        return self / "environment.json"
-
-    @property
-    def dataset(self) -> Path:
-        return self / "dataset.json"
+    commands = _File("commands.json")
+    features = _File("features.npz")
+    features_meta = _File("features.json")
+    sweep = _File("sweep.json")
+    sweep_meta = _File("sweep.meta.json")
+    sensitivity = _File("sensitivity.json")
+    analysis = _File("analysis.json")
+    figures = _File("figures")
+    report_html = _File("report.html")
+    report_md = _File("report.md")
 
     @property
     def stage1(self) -> Stage1Run:
         return Stage1Run(self / "stage1")
 
     @property
-    def features(self) -> Path:
-        return self / "features.npz"
-
-    @property
-    def features_meta(self) -> Path:
-        return self / "features.json"
-
-    @property
     def compare(self) -> CompareRun:
         return CompareRun(self / "compare")
-
-    @property
-    def sweep(self) -> Path:
-        return self / "sweep.json"
-
-    @property
-    def sweep_meta(self) -> Path:
-        return self / "sweep.meta.json"
-
-    @property
-    def sensitivity(self) -> Path:
-        return self / "sensitivity.json"
-
-    @property
-    def analysis(self) -> Path:
-        return self / "analysis.json"
-
-    @property
-    def figures(self) -> Path:
-        return self / "figures"
-
-    @property
-    def report_html(self) -> Path:
-        return self / "report.html"
-
-    @property
-    def report_md(self) -> Path:
-        return self / "report.md"

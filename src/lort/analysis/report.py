@@ -17,7 +17,7 @@ from ..io import write_json, write_text
 from ..layout import CompareRun, PipelineRun
 from . import plots
 from .metrics import analyze
-from .tables import format_cell
+from .tables import format_cell, markdown_table
 
 
 def _load_npz(path: Path) -> dict:
@@ -65,9 +65,7 @@ def _table(header: list[str], rows: list[list]) -> tuple[str, str]:
     h = "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>"
     h += "".join("<tr>" + "".join(f"<td>{html.escape(format_cell(v))}</td>" for v in r) + "</tr>" for r in rows)
     h += "</table>"
-    md = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
-    md += "".join("| " + " | ".join(format_cell(v) for v in r) + " |\n" for r in rows)
-    return h, md
+    return h, markdown_table(header, rows)
 
 
 def build_report(run_dir: str | Path) -> tuple[Path, Path]:

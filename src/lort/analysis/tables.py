@@ -13,3 +13,10 @@ def format_cell(v) -> str:
     if isinstance(v, dict):
         return ", ".join(f"{k}={x:g}" if isinstance(x, float) else f"{k}={x}" for k, x in v.items())
     return str(v)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table, every cell written by :func:`format_cell`; ends with a newline."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(format_cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

@@ -36,6 +36,10 @@ class FeatureSet:
     def dim(self) -> int:
         return self.splits["train"][0].shape[1]
 
+    def has_split(self, name: str) -> bool:
+        """Whether split ``name`` is present and holds samples (e.g. a validation split)."""
+        return name in self.splits and len(self.splits[name][1]) > 0
+
     @property
     def train_counts(self) -> np.ndarray:
         return np.bincount(self.splits["train"][1], minlength=self.num_classes)

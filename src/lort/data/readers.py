@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from ..errors import LortError
-from ..io import atomic_path, md5_file, sha256_file
+from ..io import atomic_path, md5_file, remove_stale_temporaries, sha256_file
 from .cache import cached_arrays
 from .splits import RawDataset, Split
 
@@ -99,7 +99,7 @@ def download(url: str, dest: Path, md5: str, progress: bool = True) -> Path:
     """Download ``url`` to ``dest`` with a progress bar and check its MD5. The bytes go to a
     temporary file beside ``dest`` that is renamed only after the whole body arrived and the
     checksum matched: an interrupted or failed download leaves nothing that is later trusted."""
-    remove_stale_temporaries_of(dest)
+    remove_stale_temporaries(dest.parent, dest.name)  # a killed earlier download's
     try:
         with atomic_path(dest) as tmp:
             with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as f:
@@ -128,12 +128,6 @@ def download(url: str, dest: Path, md5: str, progress: bool = True) -> Path:
             f"Place {dest.name} in {dest.parent} by hand"
         ) from None
     return dest
-
-
-def remove_stale_temporaries_of(dest: Path) -> None:
-    """Delete the temporary files of a killed earlier download of ``dest``."""
-    for tmp in dest.parent.glob(f".{dest.name}.*.tmp") if dest.parent.is_dir() else []:
-        tmp.unlink(missing_ok=True)
 
 
 def _unpickle(data: bytes, where: str) -> dict:

@@ -77,10 +77,9 @@ def ce_classifier(fs: FeatureSet, schedule: Schedule, device=None) -> tuple[torc
     is a validation split, else the middle rate and the last epoch are used."""
     x, y = (torch.as_tensor(a, device=device) for a in fs.splits["train"])
     k = fs.num_classes
-    val = fs.splits.get("val")
-    has_val = val is not None and len(val[1]) > 0
+    has_val = fs.has_split("val")
     lrs = CE_INIT_LRS if has_val else CE_INIT_LRS[1:2]
-    xv, yv = (torch.as_tensor(a, device=device) for a in val) if has_val else (None, None)
+    xv, yv = (torch.as_tensor(a, device=device) for a in fs.splits["val"]) if has_val else (None, None)
     head, curves = fit_head(
         LinearHead(x.new_zeros(k, x.shape[1]), x.new_zeros(k), len(lrs)),
         x,
@@ -239,15 +238,15 @@ def train_jobs(
     progress=None,
     max_settings: int | None = None,
     bar=None,
-) -> dict[int, tuple[list[tuple[Head, int]], np.ndarray]]:
+) -> dict[int, list[tuple[Head, int, np.ndarray]]]:
     """Train every trained job in :func:`passes`: settings that share a sampler and a head
     kind run side by side in ONE pass of the loop, at most ``max_settings`` at once (the
     memory budget). Each setting's update depends only on its own loss and the batches are
-    the same in every pass, so each result equals its separate fit. Returns, per job,
-    ``(where each setting's classifier is: (head, index), validation curves (epochs, G))``.
+    the same in every pass, so each result equals its separate fit. Returns, per job, for
+    each of its settings ``(head, index of the setting's classifier in it, validation curve)``.
     ``bar`` (a tqdm bar counting setting-steps) advances with every step."""
     plan = passes(jobs, max_settings or 1 << 30)
-    found: dict[int, dict[int, tuple[Head, int, np.ndarray]]] = {}
+    cells: dict[int, dict[int, tuple[Head, int, np.ndarray]]] = {}
     for units in plan:
         names = ", ".join(dict.fromkeys(job.method.name for job, _ in units))
         if progress:
@@ -277,17 +276,9 @@ def train_jobs(
         for part in parts:
             part.job.seconds += seconds * len(part.indices) / total  # the pass's time, shared by settings
             for i in part.indices:
-                found.setdefault(id(part.job), {})[i] = (head, g, curves[:, g] if len(curves) else np.zeros(0))
+                cells.setdefault(id(part.job), {})[i] = (head, g, curves[:, g])  # (epochs,), empty without val
                 g += 1
-    out = {}
-    for job in jobs:
-        if id(job) in found:
-            cells = [found[id(job)][i] for i in range(len(job.settings))]
-            curves = (
-                np.stack([c[2] for c in cells], axis=1) if cells and len(cells[0][2]) else np.zeros((0, len(cells)))
-            )
-            out[id(job)] = ([(c[0], c[1]) for c in cells], curves)
-    return out
+    return {key: [found[i] for i in range(len(found))] for key, found in cells.items()}
 
 
 def finish_job(job: Job, trained, ctx: FitContext, fs: FeatureSet, schedule: Schedule, xv, yv) -> MethodResult:
@@ -298,9 +289,7 @@ def finish_job(job: Job, trained, ctx: FitContext, fs: FeatureSet, schedule: Sch
     has_val = xv is not None
     search = []
     if method.trains:
-        where, curves = trained
-        for g, point in enumerate(settings):
-            curve = curves[:, g] if len(curves) else np.zeros(0)
+        for point, (_, _, curve) in zip(settings, trained, strict=True):
             epoch = int(np.argmax(curve)) + 1 if len(curve) else schedule.epochs
             value = float(curve.max()) if len(curve) else None
             search.append(
@@ -312,7 +301,7 @@ def finish_job(job: Job, trained, ctx: FitContext, fs: FeatureSet, schedule: Sch
                 }
             )
         best = max(range(len(settings)), key=lambda g: (search[g]["val_balanced_acc"] or 0.0, -g))
-        head, index = where[best]
+        head, index, _ = trained[best]
         chosen = method.posthoc(head.select(index), ctx, settings[best])
     else:
         heads = []
@@ -341,10 +330,10 @@ def finish_job(job: Job, trained, ctx: FitContext, fs: FeatureSet, schedule: Sch
 
 
 def _validation(fs: FeatureSet, ctx: FitContext):
-    val = fs.splits.get("val")
-    if val is None or not len(val[1]):
+    if not fs.has_split("val"):
         return None, None
-    return torch.as_tensor(val[0], device=ctx.device), torch.as_tensor(val[1], device=ctx.device)
+    xv, yv = fs.splits["val"]
+    return torch.as_tensor(xv, device=ctx.device), torch.as_tensor(yv, device=ctx.device)
 
 
 def fit_methods(

@@ -72,8 +72,8 @@ def split_features(
     n = len(split.labels)
     idx = np.arange(rank, n, world)
     labels = np.asarray(split.labels)[idx]
+    norm = {} if normalize is None else {"mean": normalize[0], "std": normalize[1]}
     if split.images is not None:
-        norm = {} if normalize is None else {"mean": normalize[0], "std": normalize[1]}
         aug = BatchAugment(**norm) if augment_seed is not None else BatchAugment(pad=0, flip=False, **norm)
         gen = torch.Generator().manual_seed(augment_seed) if augment_seed is not None else None
         images = split.images[idx] if world > 1 else split.images
@@ -81,7 +81,6 @@ def split_features(
             images, labels, batch_size, False, gen, aug if augment_seed is not None else None, normalizer=aug
         )
     else:
-        norm = {} if normalize is None else {"mean": normalize[0], "std": normalize[1]}
         ds = ImagePathDataset(
             [split.paths[i] for i in idx],
             labels,

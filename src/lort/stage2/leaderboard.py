@@ -6,7 +6,7 @@ import csv
 import io
 from pathlib import Path
 
-from ..analysis.tables import format_cell
+from ..analysis.tables import format_cell, markdown_table
 from ..data.features import FeatureSet
 from ..io import save_npz, write_json, write_text
 from ..layout import CompareRun
@@ -71,9 +71,7 @@ def markdown(results: list[MethodResult], title: str = "Stage-2 leaderboard", no
         "choice was made on validation (val: balanced accuracy).",
         "",
     ]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows(results):
-        lines.append("| " + " | ".join(format_cell(row[c]) for c in COLUMNS) + " |")
+    lines.append(markdown_table(header, [[row[c] for c in COLUMNS] for row in rows(results)]).rstrip("\n"))
     v = verdict(results)
     if v:
         lines += ["", v]

@@ -18,8 +18,8 @@ from ..errors import LortError
 
 @dataclass(frozen=True)
 class Param:
-    """One hyperparameter. ``kind`` is ``float``, ``int`` or ``tuple`` (a tuple of floats,
-    each in the range). ``default`` is used when nothing is searched (no validation data);
+    """One hyperparameter. ``kind`` is ``float`` or ``tuple`` (a tuple of floats, each in
+    the range). ``default`` is used when nothing is searched (no validation data);
     ``source_default`` is the value the method's publication or public code uses (None
     where it gives none); ``grid`` the values searched on validation."""
 
@@ -67,9 +67,7 @@ class Param:
                 value = float(value)
             except (TypeError, ValueError):
                 raise LortError(f"{where} must be a number in {self.range_text()}, got {value!r}") from None
-        if self.kind is int and float(value) != int(value):
-            raise LortError(f"{where} must be an integer, got {value!r}")
-        value = int(value) if self.kind is int else float(value)
+        value = float(value)
         if not self._in_range(value):
             raise LortError(f"{where} must lie in {self.range_text()}, got {value!r}")
         return value

@@ -127,8 +127,7 @@ def make_plan(
     caps the settings trained side by side. A budget too small for one setting is a
     LortError that gives the figures."""
     x, _ = fs.splits["train"]
-    val = fs.splits.get("val")
-    has_val = val is not None and len(val[1]) > 0
+    has_val = fs.has_split("val")
     k, d = fs.num_classes, x.shape[1]
     feature_bytes = sum(int(a.nbytes) + int(b.nbytes) for a, b in fs.splits.values())
     per = setting_bytes(k, d, schedule.batch_size)
@@ -149,7 +148,7 @@ def make_plan(
         num_classes=k,
         dim=d,
         train_rows=len(x),
-        val_rows=len(val[1]) if has_val else 0,
+        val_rows=len(fs.splits["val"][1]) if has_val else 0,
         epochs=schedule.epochs,
         batch_size=schedule.batch_size,
         max_settings=max_settings,
