@@ -89,3 +89,17 @@ def test_analyze_with_classifier_weights():
     assert rep["per_class_metrics"]["weight_norm"] == [5.0, 1.0, 1.0]
     assert rep["per_class_metrics"]["bias"] == pytest.approx([0.1, 0.2, 0.3])
     assert rep["group_means"]["weight_norm"]["many"] == 5.0
+
+
+def test_per_class_accuracy_reads_read_only_arrays_without_a_warning():
+    """Labels often come from the read-only memory-mapped image cache."""
+    import warnings
+
+    from lort.analysis.metrics import per_class_accuracy
+
+    y, p = np.array([0, 1, 1, 2]), np.array([0, 1, 0, 2])
+    y.setflags(write=False)
+    p.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(per_class_accuracy(p, y, 4), [1.0, 0.5, 1.0, np.nan])

@@ -25,8 +25,9 @@ def grouped_balanced_accuracy(preds: torch.Tensor, labels: torch.Tensor, num_cla
 
 def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Accuracy of each class; NaN for a class with no samples in this split."""
-    pred = torch.as_tensor(np.asarray(pred), device="cpu").reshape(1, -1)
-    labels = torch.as_tensor(np.asarray(labels, dtype=np.int64), device="cpu")
+    # np.array copies: labels may be a read-only memory-mapped cache, which torch warns about
+    pred = torch.from_numpy(np.array(pred)).reshape(1, -1)
+    labels = torch.from_numpy(np.array(labels, dtype=np.int64))
     return grouped_per_class_accuracy(pred, labels, num_classes)[0].numpy()
 
 
