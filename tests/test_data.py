@@ -318,3 +318,13 @@ def test_profile_none_keeps_the_source_distribution_minus_validation(tmp_path):
     assert ds.train_counts.tolist() == [25, 3, 1]
     assert ds.val.counts(3).tolist() == [5, 5, 1]
     assert not set(ds.train.source_index) & set(ds.val.source_index)
+
+
+def test_dataset_summary_records_the_measured_imbalance_ratio(tmp_path):
+    raw = _raw(tmp_path)
+    ds = make_long_tailed(raw, imbalance_ratio=10, max_per_class=50, val_per_class=2)
+    s = ds.summary()
+    counts = s["train_counts"]
+    assert s["imbalance_ratio"] == round(max(counts) / min(counts), 2) and s["imbalance_ratio_requested"] == 10.0
+    none = make_long_tailed(raw, profile="none", val_per_class=2).summary()
+    assert none["imbalance_ratio"] == 1.0 and none["imbalance_ratio_requested"] is None  # CIFAR is balanced

@@ -73,3 +73,44 @@ def test_every_row_of_the_bad_input_catalogue_names_an_existing_test():
         assert ids, f"row names no test: {row[:80]}"
         for path, name in ids:
             assert f"def {name}(" in (root / path).read_text(), f"{path}::{name} does not exist"
+
+
+# ----------------------------------------------------------------------------- measured figures have files
+
+RESULTS = README.parent / "results"
+NUMBER = re.compile(r"(?<![\w.])\d+\.\d+(?:e[+-]?\d+)?(?![\w.])")
+
+
+def _results_text() -> str:
+    parts = []
+    for path in sorted(RESULTS.rglob("*")):
+        if path.is_file() and path.suffix in (".md", ".json", ".txt", ".csv", ".log", ".time", ".jsonl"):
+            parts.append(path.read_text(errors="replace"))
+    return "\n".join(parts)
+
+
+def _forms(number: str) -> set[str]:
+    """Ways a file may write the README's ``number``: as written, as a fraction (a
+    percentage), or with a longer mantissa."""
+    forms = {number}
+    if "e" not in number:
+        value = float(number)
+        decimals = len(number.split(".")[1])
+        forms.add(f"{value / 100:.{decimals + 2}f}".rstrip("0"))
+    return forms
+
+
+def table_numbers(section: str) -> list[str]:
+    text = README.read_text()
+    start = text.index(f"## {section}")
+    end = text.find("\n## ", start + 1)
+    rows = [line for line in text[start:end].splitlines() if line.startswith("|") and not line.startswith("|---")]
+    return [n for row in rows for n in NUMBER.findall(row.split("|", 2)[-1])]
+
+
+def test_every_number_in_the_measured_results_tables_is_found_in_a_file_under_results():
+    text = _results_text()
+    numbers = table_numbers("Measured results")
+    assert len(numbers) > 50
+    missing = sorted({n for n in numbers if not any(f in text for f in _forms(n))}, key=float)
+    assert not missing, f"README table figures with no file under results/: {missing}"

@@ -65,9 +65,11 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     print(f"dataset      {s['dataset']}  ({s['source']})")
     print(f"classes      {s['num_classes']}")
     if "profile" in s and s["profile"] != "given":
+        asked = s.get("imbalance_ratio_requested")
         print(
-            f"profile      {s['profile']}, imbalance ratio {s['imbalance_ratio']:g}, "
-            f"n_max {s['max_per_class']}, selection {s['selection']}, seed {s['seed']}"
+            f"profile      {s['profile']}, imbalance ratio {s['imbalance_ratio']:g} measured"
+            + (f" ({asked:g} requested)" if asked is not None else "")
+            + f", n_max {s['max_per_class']}, selection {s['selection']}, seed {s['seed']}"
         )
     print(f"train        {s['train_size']} images; per class (head first):")
     width = max(len(c) for c in ds.classes)
@@ -316,21 +318,37 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _budget(text: str) -> int | None:
+    """``--budget``: a positive number of fits per method, or ``grid`` (None)."""
+    if str(text).strip().lower() == "grid":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise LortError(f"--budget must be a positive number of fits per method or 'grid', got {text!r}")
+    return value
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from .stage2.compare import check_fixed
     from .stage2.methods import resolve_methods
     from .stage2.plan import make_plan, matmul_rate
+    from .stage2.schedule import check_comparison
     from .stage2.workflow import load_feature_source, run_compare
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     resolved = resolve_methods(methods)
     fixed = check_fixed(_fixed_params(args.params), resolved)  # bad names fail before any work
     schedule, lrs = _schedule(args)
+    fits = _budget(args.budget)
+    check_comparison(fits, args.seeds)
     if args.memory_budget is not None and args.memory_budget <= 0:
         raise LortError(f"--memory-budget must be a positive number of MiB, got {args.memory_budget}")
     src = load_feature_source(args.features, args.checkpoint, args.root, args.views, args.mode, args.bn_mode, args.seed)
     budget = None if args.memory_budget is None else int(args.memory_budget * 2**20)
-    plan = make_plan(resolved, src.features, schedule, lrs, fixed, budget)
+    plan = make_plan(resolved, src.features, schedule, lrs, fixed, budget, budget=fits, seeds=args.seeds)
     print(plan.describe(matmul_rate(plan)), file=sys.stderr)
     if args.dry_run:
         return 0
@@ -345,6 +363,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         fixed=fixed,
         plan=plan,
         show_progress=True,
+        budget=fits,
+        seeds=args.seeds,
     )
     print(path.read_text())
     print(f"written to {args.out}")
@@ -526,6 +546,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="MiB stage 2 may use, features included (default: the features plus 90%% of the memory free now); "
         "it caps how many settings train side by side",
+    )
+    from .stage2.schedule import DEFAULT_BUDGET, DEFAULT_SEEDS
+
+    cp.add_argument(
+        "--budget",
+        default=str(DEFAULT_BUDGET),
+        help=f"fits per method, the same for every method (default {DEFAULT_BUDGET}: 3 learning rates x 2 "
+        "settings, or 6 learning rates for a method without hyperparameters); 'grid' trains every method's "
+        "whole grid (unequal budgets)",
+    )
+    cp.add_argument(
+        "--seeds",
+        type=int,
+        default=DEFAULT_SEEDS,
+        help=f"repeat stage 2 with this many seeds: mean, standard deviation and paired bootstrap "
+        f"intervals (default {DEFAULT_SEEDS})",
     )
     _add_stage2_args(cp)
     cp.set_defaults(func=cmd_compare)

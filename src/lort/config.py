@@ -19,7 +19,7 @@ import yaml
 from .data.config import DataConfig
 from .errors import LortError
 from .runtime.precision import AMP_MODES
-from .stage2.schedule import DEFAULT_LRS, Schedule, check_lrs
+from .stage2.schedule import DEFAULT_BUDGET, DEFAULT_LRS, DEFAULT_SEEDS, Schedule, check_comparison, check_lrs
 
 
 @dataclass
@@ -54,6 +54,8 @@ class Stage2Config:
     weight_decay: float = Schedule.weight_decay
     lrs: list[float] = field(default_factory=lambda: list(DEFAULT_LRS))  # searched on validation
     seed: int = Schedule.seed
+    seeds: int = DEFAULT_SEEDS  # stage 2 repeated with this many seeds (mean, sd, bootstrap intervals)
+    budget: int | None = DEFAULT_BUDGET  # fits per method, the same for all; none: every method's whole grid
     tta_flip: bool = False  # test-time flip averaging of val/test features (reported when on)
     sweep: bool = True  # the smoothing sweep and the lr x weight-decay grid of the report
 
@@ -190,6 +192,7 @@ def validate(cfg: RunConfig) -> None:
     model_input_size(s1.model)  # unknown model names fail here, before any data is read
     check_lrs([s1.lr], "stage1.lr")
     check_lrs(cfg.stage2.lrs, "stage2.lrs")
+    check_comparison(cfg.stage2.budget, cfg.stage2.seeds)
     cfg.stage2.schedule()  # its checks
     checks = [
         (s1.epochs >= 1, f"stage1.epochs must be >= 1, got {s1.epochs}"),

@@ -339,18 +339,24 @@ class LogitsRetargetingClassifier(_RetrainerBase):
 
     The classifier starts from ``init_coef``/``init_intercept`` (e.g. your network's last
     layer, or a fitted model's ``coef_``/``intercept_``), from the previous fit with
-    ``warm_start=True``, or else from a plain cross-entropy fit on the same data; it is then
-    retargeted along a short gentle schedule (SGD, cosine; defaults: the reference stage-2
-    recipe lr 5e-4, 20 epochs, batch 64). ``smooth`` (s) or ``target_ratio`` (the
+    ``warm_start=True``, or else from a plain cross-entropy fit on the same data (SGD,
+    cosine; defaults lr 5e-4, 20 epochs, batch 64). ``recipe="default"`` retargets it on a
+    head that cannot store the class prior — the class directions at unit norm on features
+    centred on their training mean, one learned logit scale, no bias — which keeps its
+    gain at convergence (results/lort_default/); ``recipe="reference"`` is the paper's
+    recipe (the plain weights and bias re-trained), whose gain is a transient of the
+    schedule. Either way the result is a plain linear classifier (``coef_``, ``intercept_``). ``smooth`` (s) or ``target_ratio`` (the
     K-independent ratio ``r = 1 + K(1-s)/s`` of true-class to other-class target) and
     ``lr`` may be lists, searched on ``X_val``/``y_val``; the epoch is chosen there too.
-    ``class_balanced=True`` draws training samples class-balanced (``lort_balanced``)."""
+    ``class_balanced=True`` draws training samples class-balanced (``lort_balanced``, the
+    reference recipe's head)."""
 
     def __init__(
         self,
         smooth=DEFAULT_SMOOTH,
         *,
         target_ratio=None,
+        recipe: str = "default",
         class_balanced: bool = False,
         epochs: int = Schedule.epochs,
         lr=Schedule.lr,
@@ -365,7 +371,10 @@ class LogitsRetargetingClassifier(_RetrainerBase):
         _store_params(self, locals())
 
     def _method_and_params(self) -> tuple[Method, dict[str, Any]]:
-        method = get_method("lort_balanced" if self.class_balanced else "lort")
+        if self.recipe not in ("default", "reference"):
+            raise InputError(f"recipe must be 'default' or 'reference', got {self.recipe!r}")
+        name = "lort_balanced" if self.class_balanced else ("lort" if self.recipe == "default" else "lort_reference")
+        method = get_method(name)
         if self.target_ratio is not None:
             return method, {"target_ratio": _plain_values(self.target_ratio)}
         return method, {"smooth": _plain_values(self.smooth)}

@@ -57,7 +57,7 @@ class LongTailedDataset:
             "num_classes": self.num_classes,
             "train_counts": counts.tolist(),
             "train_size": int(counts.sum()),
-            "imbalance_ratio": float(counts.max() / max(counts.min(), 1)),
+            "imbalance_ratio": round(float(counts.max() / max(counts.min(), 1)), 2),  # measured: max / min count
             "groups": {g: int((groups == i).sum()) for i, g in enumerate(GROUP_NAMES)},
             "val_size": 0 if self.val is None else len(self.val),
             "val_counts": None if self.val is None else self.val.counts(self.num_classes).tolist(),
@@ -140,7 +140,7 @@ def make_long_tailed(
         val = train.subset(np.concatenate(val_idx)) if val_per_class else None
         info.update(
             profile=profile,
-            imbalance_ratio=float(imbalance_ratio),
+            imbalance_ratio_requested=None if profile == "none" else float(imbalance_ratio),
             max_per_class=n_max,
             selection=selection,
             val_per_class=val_per_class,

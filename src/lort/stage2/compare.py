@@ -14,12 +14,13 @@ import torch
 from tqdm import tqdm
 
 from ..analysis.metrics import accuracy_report, grouped_balanced_accuracy
+from ..analysis.uncertainty import Difference, paired_bootstrap
 from ..data.features import FeatureSet
 from ..errors import LortError
 from .heads import Head, LinearHead
 from .losses import grouped_cross_entropy
-from .methods import FitContext, Method
-from .schedule import DEFAULT_LRS, Schedule
+from .methods import METHODS, FitContext, Method
+from .schedule import DEFAULT_BUDGET, DEFAULT_LRS, Schedule, check_comparison
 from .trainer import fit_head
 
 
@@ -46,23 +47,42 @@ class MethodResult:
     head: Head = field(repr=False)
     search: list[dict] = field(default_factory=list, repr=False)
     test: dict | None = None
+    fits: int = 0  # settings trained (or, post hoc, evaluated) and chosen among on validation
+    correct: np.ndarray | None = field(default=None, repr=False)  # (seeds, n_test): right or wrong
+    seeds: list[dict] = field(default_factory=list)  # each seed's choice and test accuracies
+    difference: Difference | None = None  # test accuracy minus the best method's, with its interval
+    duplicate_of: str | None = None  # another compared method that is the same algorithm here
 
     def row(self) -> dict:
         def pct(rep, key):
             return None if rep is None or rep.get(key) is None else round(100 * rep[key], 2)
 
+        def mean_pct(key):
+            values = [s["test"].get(key) for s in self.seeds if s.get("test")]
+            values = [v for v in values if v is not None]
+            return round(100 * float(np.mean(values)), 2) if values else pct(self.test, key)
+
+        accs = [s["test"]["acc"] for s in self.seeds if s.get("test")]
+        d = self.difference
         return {
             "method": self.method,
+            "test_acc": mean_pct("acc"),
+            "test_acc_sd": round(100 * float(np.std(accs, ddof=1)), 2) if len(accs) > 1 else None,
+            "test_many": mean_pct("many"),
+            "test_medium": mean_pct("medium"),
+            "test_few": mean_pct("few"),
+            "diff_to_best": None if d is None else round(100 * d.diff, 2),
+            "diff_ci": None if d is None else [round(100 * d.low, 2), round(100 * d.high, 2)],
+            "tier": None if d is None else d.tier,
             "val_acc": pct(self.val, "balanced_acc"),
             "val_many": pct(self.val, "many"),
             "val_medium": pct(self.val, "medium"),
             "val_few": pct(self.val, "few"),
-            "test_acc": pct(self.test, "acc"),
-            "test_many": pct(self.test, "many"),
-            "test_medium": pct(self.test, "medium"),
-            "test_few": pct(self.test, "few"),
             "hyperparameters": self.hyperparameters,
             "epoch": self.epoch,
+            "fits": self.fits,
+            "seeds": max(1, len(self.seeds)),
+            "duplicate_of": self.duplicate_of,
             "time_s": round(self.time_s, 2),
         }
 
@@ -142,15 +162,54 @@ class Job:
     seconds: float = 0.0
 
 
-def plan_job(method: Method, schedule: Schedule, lrs, fixed, has_val: bool) -> Job:
-    """The settings ``method`` trains: its grid x the learning rates with validation data,
-    its defaults and the schedule's lr without."""
+def spread(points: list, n: int, keep: int | None = None) -> list:
+    """``n`` of ``points``, evenly spaced by position (the first and the last among them),
+    with ``points[keep]`` (a default) in place of the nearest one chosen."""
+    if n >= len(points):
+        return list(points)
+    chosen = [int(round(i)) for i in np.linspace(0, len(points) - 1, n)]
+    if keep is not None and keep not in chosen:
+        chosen[int(np.argmin([abs(c - keep) for c in chosen]))] = keep
+    return [points[i] for i in sorted(set(chosen))]
+
+
+def budget_lrs(lrs: list[float], n: int) -> list[float]:
+    """``n`` learning rates: ``lrs`` itself when it has ``n``, else ``n`` values spaced
+    geometrically over its range (rounded to 3 significant digits)."""
+    if n == len(lrs) or min(lrs) == max(lrs):
+        return list(lrs) if n == len(lrs) else [lrs[0]]
+    return [float(f"{v:.3g}") for v in np.geomspace(min(lrs), max(lrs), n)]
+
+
+def plan_job(method: Method, schedule: Schedule, lrs, fixed, has_val: bool, budget: int | None = None) -> Job:
+    """The settings ``method`` trains (or, post hoc, evaluates).
+
+    With validation data and no ``budget``: its whole grid x the learning rates. With a
+    ``budget`` (fits per method, the same for every method): a trained method keeps
+    ``p = min(grid size, budget // len(lrs))`` grid points evenly spread over its grid (its
+    default among them) and ``budget // p`` learning rates (``lrs``, or as many spread
+    over their range), so that a method without hyperparameters gets more learning rates
+    instead of fewer fits; a post-hoc method evaluates ``budget`` grid points. Values the
+    user fixes are all kept. With a single learning rate every method runs at its
+    default (one fit each). Without validation data: the method's defaults and the
+    schedule's lr, one fit."""
     points = method.settings(fixed, search=has_val)
     if not has_val:
         points = points[:1]
+        return Job(method, points if not method.trains else [hp | {"lr": schedule.lr} for hp in points])
+    lr_values = list(lrs) if lrs else [schedule.lr]
+    if budget is not None and not fixed:
+        default = method.settings(None, search=False)[0] if points else None
+        keep = points.index(default) if default in points else None
+        if min(lr_values) == max(lr_values):  # one learning rate: no method can have more fits than one
+            budget = 1
+        if not method.trains:
+            return Job(method, spread(points, budget, keep))
+        p = min(len(points), max(1, budget // len(lr_values)))
+        points = spread(points, p, keep)
+        lr_values = budget_lrs(lr_values, max(1, budget // len(points)))
     if not method.trains:
         return Job(method, points)
-    lr_values = list(lrs) if (lrs and has_val) else [schedule.lr]
     return Job(method, [hp | {"lr": lr} for hp in points for lr in lr_values])
 
 
@@ -326,6 +385,7 @@ def finish_job(job: Job, trained, ctx: FitContext, fs: FeatureSet, schedule: Sch
         time_s=job.seconds + time.perf_counter() - t0,
         head=chosen,
         search=search,
+        fits=len(settings),
     )
 
 
@@ -347,14 +407,15 @@ def fit_methods(
     progress=None,
     max_settings: int | None = None,
     bar=None,
+    budget: int | None = None,
 ) -> list[MethodResult]:
-    """Plan every method, train them (fused where they share a sampler and head kind, at
+    """Plan every method (``budget``: fits per method, see :func:`plan_job`), train them (fused where they share a sampler and head kind, at
     most ``max_settings`` side by side), choose each one's setting and epoch on
     validation. Test data is never touched here."""
     xv, yv = _validation(fs, ctx)
     k = fs.num_classes
     score_fn = (lambda h: head_balanced_accuracy(h, xv, yv, k)) if xv is not None else None
-    jobs = [plan_job(m, schedule, lrs, fixed.get(m.name), xv is not None) for m in methods]
+    jobs = [plan_job(m, schedule, lrs, fixed.get(m.name), xv is not None, budget) for m in methods]
     trained = train_jobs(jobs, ctx, schedule, score_fn, train_source, progress, max_settings, bar)
     return [finish_job(j, trained.get(id(j)), ctx, fs, schedule, xv, yv) for j in jobs]
 
@@ -400,11 +461,36 @@ def check_fixed(fixed: dict[str, dict[str, Any]] | None, methods: list[Method]) 
 
 
 def evaluate_test(result: MethodResult, fs: FeatureSet) -> np.ndarray:
-    """Evaluate the chosen head on the test split (once) and store the report."""
+    """Evaluate the chosen head on the test split (once) and store the report and which
+    test images it got right."""
     x, y = fs.splits["test"]
     logits = logits_of(result.head, x)
     result.test = accuracy_report(logits, y, fs.train_counts)
+    method = METHODS.get(result.method)
+    if method is not None and not method.probabilities:
+        result.test["ece"] = None  # its scores are not probabilities
+    result.correct = (logits.argmax(1) == np.asarray(y))[None]
     return logits
+
+
+def _seed_record(seed: int, r: MethodResult) -> dict:
+    test = {k: r.test.get(k) for k in ("acc", "balanced_acc", "many", "medium", "few")} if r.test else None
+    return {
+        "seed": seed,
+        "hyperparameters": r.hyperparameters,
+        "epoch": r.epoch,
+        "val_balanced_acc": None if r.val is None else r.val.get("balanced_acc"),
+        "test": test,
+    }
+
+
+def mark_duplicates(results: list[MethodResult], methods: list[Method]) -> None:
+    """Flag each result whose chosen setting makes it the same algorithm as another
+    compared method (e.g. the logit-adjusted loss at tau = 1 is Balanced Softmax)."""
+    names = {r.method for r in results}
+    for r, m in zip(results, methods, strict=True):
+        twin = m.same_as(r.hyperparameters)
+        r.duplicate_of = twin if twin in names else None
 
 
 def compare(
@@ -419,22 +505,46 @@ def compare(
     memory_budget: int | None = None,
     plan=None,
     show_progress: bool = False,
+    budget: int | None = DEFAULT_BUDGET,
+    seeds: int = 1,
 ) -> list[MethodResult]:
     """Fit every method (selection on validation), then evaluate each on test once.
     ``fixed`` maps a method name to hyperparameters it fixes (see :func:`fit_method`);
+    ``budget``: fits per method, equal for all (:func:`plan_job`; None: every method's
+    whole grid); ``seeds``: stage 2 is repeated with seeds ``schedule.seed + i`` (batch
+    order, re-initialised heads) and each result carries every seed's choice and test
+    accuracy, their mean, and its paired bootstrap difference to the best method
+    (:mod:`lort.analysis.uncertainty`); the heads returned are the first seed's.
     ``device``: where the features go (once) and the classifiers train; default CPU;
     ``memory_budget`` (bytes, default what is free) caps the settings trained side by side
     (:func:`lort.stage2.plan.make_plan`; a ``plan`` made before may be given);
     ``show_progress`` draws one bar over the whole comparison, with its ETA."""
     from .plan import make_plan
 
+    check_comparison(budget, seeds)
     schedule = schedule or Schedule()
     fixed = check_fixed(fixed, methods)
-    plan = plan or make_plan(methods, fs, schedule, lrs, fixed, memory_budget, stage2_device(device))
-    ctx = context(fs, schedule, schedule.seed, device)
-    total = plan.settings * plan.steps_per_epoch * plan.epochs
+    plan = plan or make_plan(methods, fs, schedule, lrs, fixed, memory_budget, stage2_device(device), budget, seeds)
+    total = plan.settings * plan.steps_per_epoch * plan.epochs * plan.seeds
+    runs: list[list[MethodResult]] = []
     with tqdm(total=total, unit="step", unit_scale=True, desc="stage 2", disable=not show_progress) as bar:
-        results = fit_methods(methods, fs, schedule, lrs, fixed, ctx, train_source, progress, plan.max_settings, bar)
+        for i in range(seeds):
+            sched = dataclasses.replace(schedule, seed=schedule.seed + i)
+            ctx = context(fs, sched, sched.seed, device)
+            found = fit_methods(
+                methods, fs, sched, lrs, fixed, ctx, train_source, progress, plan.max_settings, bar, budget
+            )
+            for r in found:
+                evaluate_test(r, fs)
+            runs.append(found)
+    results = runs[0]
+    for j, r in enumerate(results):
+        same = [run[j] for run in runs]
+        r.seeds = [_seed_record(schedule.seed + i, x) for i, x in enumerate(same)]
+        r.correct = np.concatenate([x.correct for x in same])
+        r.time_s = sum(x.time_s for x in same)
+    diffs = paired_bootstrap({r.method: r.correct for r in results}, fs.splits["test"][1])
     for r in results:
-        evaluate_test(r, fs)
+        r.difference = diffs[r.method]
+    mark_duplicates(results, methods)
     return results

@@ -61,8 +61,8 @@ class LinearHead(Head):
 
 
 class LWSHead(Head):
-    """Learnable weight scaling (Kang et al., 2020): ``x @ (f * W).T + b`` with only the
-    per-class scales ``f`` trained."""
+    """Learnable weight scaling (Kang et al., 2020): ``f * (x @ W.T + b)``, the logits of the
+    stage-1 classifier scaled per class, with only the scales ``f`` trained."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, groups: int = 1, scale=None) -> None:
         super().__init__()
@@ -73,13 +73,81 @@ class LWSHead(Head):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight * self.scale.unsqueeze(2)
-        return torch.baddbmm(self.bias.unsqueeze(1), x.expand(w.shape[0], *x.shape), w.transpose(1, 2))
+        b = self.bias * self.scale
+        return torch.baddbmm(b.unsqueeze(1), x.expand(w.shape[0], *x.shape), w.transpose(1, 2))
 
     def linear_params(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return (self.weight * self.scale.unsqueeze(2)).detach(), self.bias.detach()
+        return (self.weight * self.scale.unsqueeze(2)).detach(), (self.bias * self.scale).detach()
 
     def select(self, g: int) -> LWSHead:
         return LWSHead(self.weight[g], self.bias[g], scale=self.scale[g : g + 1])
+
+
+class CentredHead(Head):
+    """``e^a * Ŵ (x - m) / r``: unit-norm class weights ``Ŵ`` applied to features centred on
+    the training mean ``m`` and divided by their root-mean-square norm ``r`` about it, one
+    learned logit scale ``e^a`` per classifier, no bias (LORT's default parametrisation).
+
+    Neither a bias nor the norm of a class's weights can carry the class prior here, and
+    the learning rate acts the same on features of any scale. It is exactly the linear
+    classifier ``W = e^a Ŵ / r``, ``b = -W m`` (:meth:`linear_params`)."""
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        center: torch.Tensor,
+        spread: float | torch.Tensor,
+        log_scale: float | torch.Tensor,
+        groups: int = 1,
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(stacked(weight, groups, 2))
+        g = self.weight.shape[0]
+        self.register_buffer("center", stacked(center, g, 1))
+        self.register_buffer(
+            "spread", torch.as_tensor(spread, dtype=torch.float32, device=self.weight.device).expand(g).clone()
+        )
+        self.log_scale = nn.Parameter(
+            torch.as_tensor(log_scale, dtype=torch.float32, device=self.weight.device).detach().expand(g).clone()
+        )
+
+    @classmethod
+    def from_classifier(cls, weight: torch.Tensor, x: torch.Tensor, groups: int = 1) -> CentredHead:
+        """Directions from ``weight`` (e.g. the stage-1 classifier), centre and spread from
+        the training features ``x``, the scale set so that the logits keep the size of
+        ``weight``'s (its mean class-weight norm)."""
+        center = x.mean(0)
+        spread = (x - center).pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
+        log_scale = torch.log(weight.norm(dim=1).mean().clamp_min(1e-12) * spread)
+        return cls(weight, center, spread, log_scale, groups)
+
+    def _effective(self) -> tuple[torch.Tensor, torch.Tensor]:
+        w = F.normalize(self.weight, dim=2) * (self.log_scale.exp() / self.spread).view(-1, 1, 1)
+        b = -torch.bmm(w, self.center.unsqueeze(2)).squeeze(2)
+        return w, b
+
+    def linear_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        w, b = self._effective()
+        return w.detach(), b.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self._effective()
+        g, k, d = w.shape
+        logits = (x @ w.reshape(g * k, d).t()).view(len(x), g, k).transpose(0, 1)  # one matrix product
+        return logits + b.unsqueeze(1)
+
+    def select(self, g: int) -> CentredHead:
+        return CentredHead(self.weight[g], self.center[g], self.spread[g], self.log_scale[g])
+
+    @classmethod
+    def stack(cls, heads: list[CentredHead]) -> CentredHead:
+        head = cls(heads[0].weight[0], heads[0].center[0], heads[0].spread[0], heads[0].log_scale[0])
+        with torch.no_grad():
+            head.weight = nn.Parameter(torch.cat([h.weight.detach() for h in heads]))
+            head.center = torch.cat([h.center for h in heads])
+            head.spread = torch.cat([h.spread for h in heads])
+            head.log_scale = nn.Parameter(torch.cat([h.log_scale.detach() for h in heads]))
+        return head
 
 
 class CosineHead(Head):

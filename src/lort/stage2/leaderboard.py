@@ -15,38 +15,109 @@ from .compare import MethodResult, logits_of
 COLUMNS = [
     "method",
     "test_acc",
+    "test_acc_sd",
     "test_many",
     "test_medium",
     "test_few",
+    "diff_to_best",
+    "diff_ci",
+    "tier",
     "val_acc",
     "val_many",
     "val_medium",
     "val_few",
     "epoch",
     "hyperparameters",
+    "fits",
+    "seeds",
+    "duplicate_of",
     "time_s",
 ]
 
 
+def distinct(results: list[MethodResult]) -> list[MethodResult]:
+    """The results that count as distinct methods: not a duplicate of another compared
+    method at its chosen setting, not a variant of another compared method."""
+    from .methods import METHODS
+
+    names = {r.method for r in results}
+    out = []
+    for r in results:
+        m = METHODS.get(r.method)
+        if r.duplicate_of or (m is not None and m.variant_of in names):
+            continue
+        out.append(r)
+    return out
+
+
+def _ranked(results: list[MethodResult]) -> list[MethodResult]:
+    return sorted(results, key=lambda r: -(r.row()["test_acc"] or 0.0))
+
+
 def verdict(results: list[MethodResult], ours: str = "lort") -> str:
-    """A plain sentence on where LORT stands against the baselines, on test and validation."""
-    by_test = sorted(results, key=lambda r: -(r.test or {}).get("acc", 0.0))
+    """Where LORT stands, in what the uncertainty supports: tied with the best when the 95%
+    paired bootstrap interval of its test-accuracy difference to the best holds 0."""
     mine = [r for r in results if r.method == ours]
     if not mine:
         return ""
-    me = mine[0]
-    beat_test = [r.method for r in by_test if r.method != ours and r.test["acc"] > me.test["acc"]]
-    rank = 1 + len(beat_test)
-    text = f"LORT ranks {rank} of {len(results)} on test accuracy ({100 * me.test['acc']:.2f}%)."
-    if beat_test:
-        text += f" Methods that beat it on this representation: {', '.join(beat_test)}."
+    me, counted = mine[0], distinct(results)
+    seeds = me.row()["seeds"]
+    over = f"mean over {seeds} seeds" if seeds > 1 else "one seed"
+    acc = me.row()["test_acc"]
+    d = me.difference
+    if d is None:  # no interval (results not from compare)
+        return f"LORT: {acc:.2f}% test accuracy ({over})."
+    tied = [r.method for r in _ranked(counted) if r.difference is not None and r.difference.tied and r.method != ours]
+    lo, hi = 100 * d.low, 100 * d.high
+    count = f"{len(results)} rows, {len(counted)} distinct methods"
+    if d.best == ours:
+        text = f"LORT has the highest test accuracy ({acc:.2f}%, {over}; {count})"
+        text += (
+            f"; tied with it (95% paired bootstrap interval of the difference holds 0): {', '.join(tied)}."
+            if tied
+            else "; no other method is tied with it."
+        )
+    elif d.tied:
+        text = (
+            f"LORT is tied with the best method, {d.best}: LORT - {d.best} = {100 * d.diff:+.2f} points, "
+            f"95% interval [{lo:+.2f}, {hi:+.2f}] ({over}; {count})."
+        )
     else:
-        text += " No baseline beats it on this representation."
+        text = (
+            f"LORT is below the best method, {d.best}: LORT - {d.best} = {100 * d.diff:+.2f} points, "
+            f"95% interval [{lo:+.2f}, {hi:+.2f}] ({over}; {count})."
+        )
+        if tied:
+            text += f" Tied with the best: {', '.join(tied)}."
     return text
 
 
 def rows(results: list[MethodResult]) -> list[dict]:
     return sorted((r.row() for r in results), key=lambda row: -(row["test_acc"] or 0.0))
+
+
+def _acc_cell(row: dict):
+    if row["test_acc_sd"] is None:
+        return row["test_acc"]
+    return f"{row['test_acc']:.2f} ± {row['test_acc_sd']:.2f}"
+
+
+def _diff_cell(row: dict):
+    if row["diff_ci"] is None:
+        return None
+    lo, hi = row["diff_ci"]
+    return f"{row['diff_to_best']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def _method_cell(row: dict):
+    from .methods import METHODS
+
+    m = METHODS.get(row["method"])
+    if row["duplicate_of"]:
+        return f"{row['method']} (= {row['duplicate_of']} here)"
+    if m is not None and m.variant_of:
+        return f"{row['method']} (variant of {m.variant_of})"
+    return row["method"]
 
 
 def markdown(results: list[MethodResult], title: str = "Stage-2 leaderboard", notes: list[str] = ()) -> str:
@@ -56,22 +127,46 @@ def markdown(results: list[MethodResult], title: str = "Stage-2 leaderboard", no
         "many",
         "medium",
         "few",
+        "diff to best [95% CI]",
+        "tier",
         "val acc",
-        "val many",
-        "val medium",
-        "val few",
         "epoch",
         "hyperparameters (chosen on validation)",
+        "fits",
         "time (s)",
     ]
+    table = [
+        [
+            _method_cell(row),
+            _acc_cell(row),
+            row["test_many"],
+            row["test_medium"],
+            row["test_few"],
+            _diff_cell(row),
+            row["tier"],
+            row["val_acc"],
+            row["epoch"],
+            row["hyperparameters"],
+            row["fits"],
+            row["time_s"],
+        ]
+        for row in rows(results)
+    ]
+    seeds = max((row["seeds"] for row in rows(results)), default=1)
     lines = [f"# {title}", ""]
     lines += [f"- {n}" for n in notes]
     lines += [
         "- Accuracies in %. Test: top-1 accuracy on the test split, evaluated once after every "
-        "choice was made on validation (val: balanced accuracy).",
+        "choice was made on validation (val: balanced accuracy)"
+        + (f"; mean ± standard deviation over {seeds} stage-2 seeds" if seeds > 1 else "; one stage-2 seed")
+        + ".",
+        "- diff to best: test accuracy minus the best method's, with the 95% interval of a paired bootstrap "
+        "over test images (resampled within each class); tied with the best when the interval holds 0.",
+        "- fits: settings each method trained (or evaluated) and chose among on validation; "
+        "hyperparameters and epoch are the first seed's choice.",
         "",
     ]
-    lines.append(markdown_table(header, [[row[c] for c in COLUMNS] for row in rows(results)]).rstrip("\n"))
+    lines.append(markdown_table(header, table).rstrip("\n"))
     v = verdict(results)
     if v:
         lines += ["", v]
@@ -83,7 +178,9 @@ def to_csv(results: list[MethodResult]) -> str:
     writer = csv.DictWriter(buf, fieldnames=COLUMNS)
     writer.writeheader()
     for row in rows(results):
-        writer.writerow(row | {"hyperparameters": format_cell(row["hyperparameters"])})
+        writer.writerow(
+            row | {"hyperparameters": format_cell(row["hyperparameters"]), "diff_ci": format_cell(row["diff_ci"])}
+        )
     return buf.getvalue()
 
 
@@ -114,7 +211,11 @@ def write_leaderboard(
     payload = {
         **meta,
         "verdict": verdict(results),
-        "results": [r.row() | {"title": r.title, "val": r.val, "test": r.test, "search": r.search} for r in results],
+        "distinct_methods": len(distinct(results)),
+        "results": [
+            r.row() | {"title": r.title, "val": r.val, "test": r.test, "per_seed": r.seeds, "search": r.search}
+            for r in results
+        ],
     }
     write_json(run.leaderboard_json, payload)
     write_text(run.leaderboard_csv, to_csv(results))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import LortError
 from . import losses as L
-from .heads import CosineHead, Head, LinearHead, LWSHead
+from .heads import CentredHead, CosineHead, Head, LinearHead, LWSHead
 from .params import Param
 from .trainer import LossFn
 
@@ -58,6 +58,13 @@ class Method:
     trains = True
     head_class: type[Head] = LinearHead  # the kind of head build_head returns (fusion groups by it)
     params: tuple[Param, ...] = ()  # the method's hyperparameters, declared once (see lort.stage2.params)
+    deviations: tuple[str, ...] = ()  # every way lort's version differs from its source
+    variant_of: str | None = None  # another method this one only varies (counted once)
+    probabilities: bool = True  # whether softmax of its logits is meant as probabilities (ECE)
+
+    def same_as(self, hp: dict[str, Any]) -> str | None:
+        """The name of another method that is the same algorithm at setting ``hp``, if any."""
+        return None
 
     @property
     def grid(self) -> dict[str, list]:
@@ -112,7 +119,11 @@ class Method:
 
     def describe(self) -> str:
         params = "; ".join(p.describe() for p in self.params) or "none"
-        return f"{self.title} — {self.source}. Sampler: {self.sampler}. Hyperparameters: {params}."
+        text = f"{self.title} — {self.source}. Sampler: {self.sampler}. Hyperparameters: {params}."
+        if self.variant_of:
+            text += f" A variant of {self.variant_of} (counted once)."
+        deviations = "; ".join(self.deviations) or "none known"
+        return f"{text} Deviations from the source: {deviations}."
 
 
 METHODS: dict[str, Method] = {}
@@ -121,6 +132,7 @@ TAU_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # post-hoc tau values se
 
 def register_method(cls: type[Method]) -> type[Method]:
     METHODS[cls.name] = cls()
+    cls.__doc__ = METHODS[cls.name].describe()  # source, hyperparameters and deviations, in help() too
     return cls
 
 
@@ -145,6 +157,12 @@ def _reinit(ctx: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
     return ctx.tensor(w), ctx.tensor(b)
 
 
+def drw_start(epochs: int) -> int:
+    """The epoch (0-based) from which LDAM-DRW re-weights: the last 20% of training, as the
+    source's 160 of 200 epochs."""
+    return int(0.8 * epochs)
+
+
 # ----------------------------------------------------------------------------- the methods
 
 
@@ -153,14 +171,29 @@ class CERetraining(Method):
     name = "ce"
     title = "CE re-training"
     source = "plain cross-entropy, natural sampling, warm start from the stage-1 classifier"
+    deviations = ("no single source: the common re-training baseline",)
 
 
 @register_method
 class LORT(Method):
     name = "lort"
-    title = "LORT (logits retargeting)"
-    source = "Lu et al., Rethinking Classifier Re-Training in Long-Tailed Recognition: A Simple Logits Retargeting Approach (ICLR 2025)"
+    title = "LORT (logits retargeting), centred equal-norm head"
+    source = (
+        "Lu et al., Rethinking Classifier Re-Training in Long-Tailed Recognition: A Simple Logits Retargeting "
+        "Approach (ICLR 2025): cross-entropy against (1 - s) * onehot + s / K, no class counts. lort's default "
+        "trains it on a head that cannot store the class prior: class directions from the stage-1 classifier at "
+        "unit norm, features centred on their training mean and scaled by their spread, one learned logit scale, "
+        "no bias (see results/lort_default/)"
+    )
     params = (L.SMOOTH, L.TARGET_RATIO)
+    head_class = CentredHead
+    deviations = (
+        "the head: the paper re-trains the plain linear classifier (weights and bias); that recipe is lort_reference",
+        "the shared re-training schedule (SGD, momentum 0.9, cosine, learning rate searched like every method)",
+    )
+
+    def build_head(self, ctx: FitContext, hps: list[dict]) -> Head:
+        return CentredHead.from_classifier(ctx.init_weight, ctx.x, len(hps))
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
         k = ctx.num_classes
@@ -185,11 +218,31 @@ class LORT(Method):
 
 
 @register_method
-class LORTBalanced(LORT):
+class LORTReference(LORT):
+    name = "lort_reference"
+    title = "LORT, the paper's recipe"
+    source = (
+        "Lu et al. (ICLR 2025) as published: LORT's target on the plain linear classifier (weights and bias), "
+        "warm-started from the stage-1 classifier"
+    )
+    head_class = LinearHead
+    variant_of = "lort"
+    deviations = (
+        "the reference code's stage 2 trains with its own schedule; lort uses the shared re-training schedule",
+    )
+
+    def build_head(self, ctx: FitContext, hps: list[dict]) -> Head:
+        return LinearHead(ctx.init_weight, ctx.init_bias, len(hps))
+
+
+@register_method
+class LORTBalanced(LORTReference):
     name = "lort_balanced"
     title = "LORT + class-balanced sampling"
-    source = "LORT's target with cRT's class-balanced sampler"
+    source = "LORT's target on the plain linear classifier with cRT's class-balanced sampler"
     sampler = "balanced"
+    variant_of = "lort"
+    deviations = ("not in the LORT paper: the paper's recipe with class-balanced sampling",)
 
 
 @register_method
@@ -198,6 +251,7 @@ class CRT(Method):
     title = "cRT"
     source = "Kang et al., Decoupling Representation and Classifier for Long-Tailed Recognition (ICLR 2020)"
     sampler = "balanced"
+    deviations = ("source: 10 epochs of its own schedule; lort: the shared re-training schedule",)
 
     def build_head(self, ctx: FitContext, hps: list[dict]) -> Head:
         return LinearHead(*_reinit(ctx), len(hps))
@@ -207,9 +261,10 @@ class CRT(Method):
 class LWS(Method):
     name = "lws"
     title = "LWS (learnable weight scaling)"
-    source = "Kang et al. (ICLR 2020)"
+    source = "Kang et al. (ICLR 2020): logits (W x + b) scaled per class by f_k, only f trained"
     sampler = "balanced"
     head_class = LWSHead
+    deviations = ("the shared re-training schedule instead of the source's",)
 
     def build_head(self, ctx: FitContext, hps: list[dict]) -> Head:
         return LWSHead(ctx.init_weight, ctx.init_bias, len(hps))
@@ -222,6 +277,7 @@ class TauNorm(Method):
     source = "Kang et al. (ICLR 2020): W_k / ||W_k||^tau, bias dropped, no training"
     trains = False
     params = (Param("tau", default=1.0, source_default=1.0, grid=TAU_GRID, low=0.0, doc="W_k / ||W_k||^tau"),)
+    deviations = ("none: no training",)
 
     def posthoc(self, head: Head, ctx: FitContext, hp: dict) -> Head:
         w = ctx.init_weight
@@ -234,38 +290,46 @@ class WeightBalancing(Method):
     name = "wb"
     title = "Weight balancing (stage 2)"
     source = (
-        "Alshammari et al., Long-Tailed Recognition via Weight Balancing (CVPR 2022): class-balanced "
-        "loss, weight decay and MaxNorm (bound = scale x mean stage-1 class-weight norm)"
+        "Alshammari et al., Long-Tailed Recognition via Weight Balancing (CVPR 2022), stage 2 as its public "
+        "code runs it: class-balanced loss (softmax probabilities, binary cross-entropy against the one-hot "
+        "label, per-sample effective-number weights, beta 0.9999, weights summing to K), weight decay 0.1 on "
+        "weight and bias, MaxNorm on the class weights with the bound min + thresh x (max - min) of the "
+        "stage-1 class-weight norms, thresh 0.1"
     )
     params = (
-        Param("weight_decay", default=5e-4, grid=(5e-4, 5e-3, 5e-2), low=0.0),
+        Param("weight_decay", default=0.1, source_default=0.1, grid=(0.01, 0.05, 0.1, 0.2), low=0.0),
         Param(
-            "max_norm_scale",
-            default=0.5,
-            grid=(0.5, 1.0),
+            "thresh",
+            default=0.1,
+            source_default=0.1,
+            grid=(0.1, 0.3),
             low=0.0,
-            low_open=True,
-            doc="MaxNorm bound as a multiple of the mean stage-1 class-weight norm",
+            doc="MaxNorm bound = min + thresh x (max - min) of the stage-1 class-weight norms",
         ),
+    )
+    deviations = (
+        "learning rate searched like every method (source: 0.01) and the shared number of epochs (source: 10)",
     )
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
         w = ctx.tensor(L.effective_number_weights(ctx.counts))
-        return lambda logits, y, epoch: L.grouped_cross_entropy(logits, y, w)
+        return lambda logits, y, epoch: L.grouped_cb_softmax_bce(logits, y, w)
 
     def weight_decay(self, hps: list[dict]) -> list[float]:
         return [hp["weight_decay"] for hp in hps]
 
     def max_norm(self, ctx: FitContext, hps: list[dict]) -> list[float]:
-        mean_norm = float(ctx.init_weight.norm(dim=1).mean())
-        return [mean_norm * hp["max_norm_scale"] for hp in hps]
+        norms = ctx.init_weight.norm(dim=1)
+        low, high = float(norms.min()), float(norms.max())
+        return [low + hp["thresh"] * (high - low) for hp in hps]
 
 
 @register_method
 class BalancedSoftmax(Method):
     name = "balanced_softmax"
     title = "Balanced Softmax"
-    source = "Ren et al., Balanced Meta-Softmax for Long-Tailed Visual Recognition (NeurIPS 2020)"
+    source = "Ren et al., Balanced Meta-Softmax for Long-Tailed Visual Recognition (NeurIPS 2020): cross-entropy of logits + log prior"
+    deviations = ("Balanced Softmax alone, without the meta-sampler",)
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
         prior = ctx.tensor(L.log_prior(ctx.counts))
@@ -277,7 +341,13 @@ class LogitAdjustedLoss(Method):
     name = "la_loss"
     title = "Logit-adjusted loss"
     source = "Menon et al., Long-Tail Learning via Logit Adjustment (ICLR 2021)"
-    params = (Param("tau", default=1.0, source_default=1.0, grid=(1.0,), low=0.0, doc="scale of the log prior"),)
+    params = (
+        Param("tau", default=1.0, source_default=1.0, grid=(1.0, 1.5, 2.0), low=0.0, doc="scale of the log prior"),
+    )
+    deviations = ("none in the loss; the shared re-training schedule",)
+
+    def same_as(self, hp: dict[str, Any]) -> str | None:
+        return "balanced_softmax" if hp.get("tau") == 1.0 else None
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
         tau = ctx.tensor([hp["tau"] for hp in hps]).view(-1, 1, 1)
@@ -292,6 +362,7 @@ class LogitAdjustmentPosthoc(Method):
     source = "Menon et al. (ICLR 2021): stage-1 logits minus tau * log prior, no training"
     trains = False
     params = (Param("tau", default=1.0, source_default=1.0, grid=TAU_GRID, low=0.0, doc="scale of the log prior"),)
+    deviations = ("none: no training",)
 
     def posthoc(self, head: Head, ctx: FitContext, hp: dict) -> Head:
         return LinearHead(ctx.init_weight, ctx.init_bias - hp["tau"] * ctx.tensor(L.log_prior(ctx.counts)))
@@ -306,6 +377,10 @@ class LabelAwareSmoothing(Method):
         "smoothing from head to tail, class-balanced sampling (no BN shift on cached features)"
     )
     sampler = "balanced"
+    deviations = (
+        "no shift learning on BatchNorm (the features are cached)",
+        "no learnable weight scaling of the source's stage 2: the classifier is re-trained directly",
+    )
     params = (
         Param(
             "smooth_head_tail",
@@ -336,21 +411,26 @@ class LabelAwareSmoothing(Method):
 class ClassBalancedReweighting(Method):
     name = "cb_reweight"
     title = "Class-balanced re-weighting"
-    source = "Cui et al., Class-Balanced Loss Based on Effective Number of Samples (CVPR 2019)"
+    source = (
+        "Cui et al., Class-Balanced Loss Based on Effective Number of Samples (CVPR 2019): softmax cross-entropy, "
+        "sample weights (1 - beta) / (1 - beta^n_y) summing to K over classes, loss averaged over the batch"
+    )
+    deviations = ("the softmax form only (the source also has sigmoid and focal forms)",)
     params = (
         Param("beta", default=0.9999, source_default=0.9999, grid=(0.999, 0.9999), low=0.0, high=1.0, high_open=True),
     )
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
         w = ctx.tensor(torch.stack([L.effective_number_weights(ctx.counts, hp["beta"]) for hp in hps]))
-        return lambda logits, y, epoch: L.grouped_cross_entropy(logits, y, w)
+        return lambda logits, y, epoch: L.grouped_cross_entropy(logits, y, w, reduction="batch")
 
 
 @register_method
 class Focal(Method):
     name = "focal"
     title = "Focal loss"
-    source = "Lin et al., Focal Loss for Dense Object Detection (ICCV 2017)"
+    source = "Lin et al., Focal Loss for Dense Object Detection (ICCV 2017): -(1 - p_y)^gamma log p_y"
+    deviations = ("softmax form for classification (the source's detector uses sigmoids and an alpha weight)",)
     params = (Param("gamma", default=2.0, source_default=2.0, grid=(1.0, 2.0), low=0.0),)
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
@@ -365,8 +445,9 @@ class LDAMDRW(Method):
     source = (
         "Cao et al., Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss (NeurIPS 2019): "
         "cosine classifier (scale 30) from the stage-1 directions, margins up to 0.5, "
-        "effective-number re-weighting from half-way"
+        "effective-number re-weighting (beta 0.9999) over the last 20% of epochs (the source: from epoch 160 of 200)"
     )
+    deviations = ("re-trains the classifier only, from the stage-1 directions (the source trains end to end)",)
 
     head_class = CosineHead
 
@@ -376,7 +457,7 @@ class LDAMDRW(Method):
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
         margins = ctx.tensor(L.ldam_margins(ctx.counts)) * 30.0
         weights = ctx.tensor(L.effective_number_weights(ctx.counts))
-        defer = ctx.epochs // 2
+        defer = drw_start(ctx.epochs)
 
         def fn(logits, y, epoch):
             adjusted = logits - (F.one_hot(y, logits.shape[2]) * margins[y][:, None]).unsqueeze(0)
@@ -389,10 +470,11 @@ class LDAMDRW(Method):
 class NearestClassMean(Method):
     name = "ncm"
     title = "Nearest class mean"
-    source = "Kang et al. (ICLR 2020): cosine similarity to the mean of each class's L2-normalised features"
+    source = "Kang et al. (ICLR 2020): cosine similarity to each class's mean training feature"
     trains = False
+    probabilities = False  # cosine similarities: no calibration is reported
+    deviations = ("cosine similarity only (the source also reports Euclidean distance)",)
 
     def posthoc(self, head: Head, ctx: FitContext, hp: dict) -> Head:
-        feats = F.normalize(ctx.x, dim=1)
-        means = feats.new_zeros(ctx.num_classes, feats.shape[1]).index_add_(0, ctx.y, feats)
-        return CosineHead(means / ctx.tensor(ctx.counts)[:, None], 1.0, trainable=False)
+        sums = ctx.x.new_zeros(ctx.num_classes, ctx.x.shape[1]).index_add_(0, ctx.y, ctx.x)
+        return CosineHead(sums / ctx.tensor(ctx.counts)[:, None], 1.0, trainable=False)

@@ -65,6 +65,7 @@ class Plan:
     max_settings: int = 0
     budget_bytes: int = 0
     feature_bytes: int = 0
+    seeds: int = 1  # the whole comparison is repeated per seed
 
     @property
     def steps_per_epoch(self) -> int:
@@ -82,7 +83,7 @@ class Plan:
 
     @property
     def flop(self) -> float:
-        return sum(self.pass_flop(p.settings) for p in self.passes)
+        return self.seeds * sum(self.pass_flop(p.settings) for p in self.passes)
 
     @property
     def peak_bytes(self) -> int:
@@ -93,7 +94,8 @@ class Plan:
         lines = [
             f"plan: {self.settings} settings in {len(self.passes)} passes of the loop, {self.epochs} epochs x "
             f"{self.steps_per_epoch} steps (batch {self.batch_size}); K = {self.num_classes}, D = {self.dim}, "
-            f"{self.train_rows} training rows",
+            f"{self.train_rows} training rows"
+            + (f"; all of it for each of {self.seeds} seeds" if self.seeds > 1 else ""),
             f"      work {self.flop:.3g} FLOP; peak memory ~{self.peak_bytes / 2**20:,.0f} MiB "
             f"(features {self.feature_bytes / 2**20:,.0f} MiB + the widest pass; budget "
             f"{self.budget_bytes / 2**20:,.0f} MiB, "
@@ -121,10 +123,13 @@ def make_plan(
     fixed: dict | None = None,
     budget_bytes: int | None = None,
     device: torch.device | str = "cpu",
+    budget: int | None = None,
+    seeds: int = 1,
 ) -> Plan:
     """The plan for ``compare(fs, methods, ...)``. ``budget_bytes`` is the memory stage 2
     may use, features included (default: the features plus 90% of what is free now); it
-    caps the settings trained side by side. A budget too small for one setting is a
+    caps the settings trained side by side; ``budget`` is the fits per method and ``seeds``
+    the repeats of the comparison (see :func:`lort.stage2.compare.compare`). A budget too small for one setting is a
     LortError that gives the figures."""
     x, _ = fs.splits["train"]
     has_val = fs.has_split("val")
@@ -132,10 +137,10 @@ def make_plan(
     feature_bytes = sum(int(a.nbytes) + int(b.nbytes) for a, b in fs.splits.values())
     per = setting_bytes(k, d, schedule.batch_size)
     if budget_bytes is None:  # the features are loaded already: what is free now is for the classifiers
-        budget = feature_bytes + int(0.9 * available_memory(device))
+        memory = feature_bytes + int(0.9 * available_memory(device))
     else:
-        budget = int(budget_bytes)
-    room = budget - feature_bytes
+        memory = int(budget_bytes)
+    room = memory - feature_bytes
     if per > room:
         raise LortError(
             f"stage 2 needs {per / 2**20:,.0f} MiB for one setting (K = {k}, D = {d}) and "
@@ -143,7 +148,7 @@ def make_plan(
             "Free memory, or use a machine or GPU with more"
         )
     max_settings = max(1, room // per)
-    jobs: list[Job] = [plan_job(m, schedule, lrs, (fixed or {}).get(m.name), has_val) for m in methods]
+    jobs: list[Job] = [plan_job(m, schedule, lrs, (fixed or {}).get(m.name), has_val, budget) for m in methods]
     plan = Plan(
         num_classes=k,
         dim=d,
@@ -152,8 +157,9 @@ def make_plan(
         epochs=schedule.epochs,
         batch_size=schedule.batch_size,
         max_settings=max_settings,
-        budget_bytes=budget,
+        budget_bytes=memory,
         feature_bytes=feature_bytes,
+        seeds=seeds,
     )
     for units in passes(jobs, max_settings):
         names = list(dict.fromkeys(job.method.name for job, _ in units))

@@ -12,6 +12,16 @@ from dataclasses import dataclass
 from ..errors import LortError
 
 DEFAULT_LRS = (5e-4, 5e-3, 5e-2)  # learning rates searched on validation
+DEFAULT_BUDGET = 6  # fits per method in a comparison: 3 learning rates x 2 settings, or 6 learning rates
+DEFAULT_SEEDS = 3  # stage-2 seeds of a comparison run from the command line or a config
+
+
+def check_comparison(budget, seeds) -> None:
+    """``budget`` (fits per method, or None for whole grids) and ``seeds``, else a LortError."""
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise LortError(f"seeds must be an integer >= 1, got {seeds!r}")
+    if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
+        raise LortError(f"the budget (fits per method) must be an integer >= 1 or none, got {budget!r}")
 
 
 def check_lrs(lrs, what: str = "stage-2 learning rate") -> list[float]:

@@ -20,13 +20,13 @@ from ..io import save_torch, write_json
 from ..layout import CompareRun
 from ..models import model_input_size
 from ..runtime.checkpoint import load_model
-from .compare import DEFAULT_LRS, compare, evaluate_test, fit_method, logits_of
+from .compare import compare, evaluate_test, fit_method, logits_of
 from .extract import extract_features
 from .full import BackboneFeatures
 from .heads import LinearHead, LWSHead
 from .leaderboard import markdown, write_leaderboard
 from .methods import get_method, resolve_methods
-from .trainer import Schedule
+from .schedule import DEFAULT_BUDGET, DEFAULT_LRS, DEFAULT_SEEDS, Schedule
 
 
 def default_device() -> torch.device:
@@ -147,6 +147,8 @@ def run_compare(
     fixed: dict | None = None,
     plan=None,
     show_progress: bool = False,
+    budget: int | None = DEFAULT_BUDGET,
+    seeds: int = DEFAULT_SEEDS,
 ) -> tuple[list, Path]:
     t0 = time.perf_counter()
     results = compare(
@@ -159,6 +161,8 @@ def run_compare(
         train_source=train_source,
         plan=plan,
         show_progress=show_progress,
+        budget=budget,
+        seeds=seeds,
     )
     meta = {
         "source": source,
@@ -166,6 +170,8 @@ def run_compare(
         "schedule": dataclasses.asdict(schedule),
         "lrs": list(lrs) if lrs else [schedule.lr],
         "selection": "every hyperparameter and the epoch chosen on validation balanced accuracy; test evaluated once",
+        "budget": budget if budget is not None else "grid",
+        "seeds": seeds,
         "tta": bool(fs.meta.get("tta_flip", False)),
         "init_classifier": fs.meta.get("init_classifier", "the classifier given with the features (stage 1)"),
         "mode": "cache" if train_source is None else f"full (BatchNorm {train_source.bn_mode})",
@@ -176,7 +182,14 @@ def run_compare(
     }
     notes = [
         f"features: {source}",
-        f"schedule: {dataclasses.asdict(schedule)}; learning rates searched: {meta['lrs']}",
+        f"schedule: {dataclasses.asdict(schedule)}; learning rates given: {meta['lrs']}",
+        "search budget: "
+        + (
+            f"{budget} fits per method, every method alike (grid points spread over each grid, the default among them)"
+            if budget is not None
+            else "every method's whole grid (budgets differ between methods)"
+        )
+        + f"; stage-2 seeds: {seeds}",
         f"mode: {meta['mode']}",
         "test-time augmentation: " + ("ON (flip averaging)" if meta["tta"] else "off"),
         f"warm start: {meta['init_classifier']}",
