@@ -55,11 +55,26 @@ def test_ce_is_the_mean_negative_log_likelihood():
     assert _loss("ce", {}) == pytest.approx(NLL.mean(), rel=1e-5)
 
 
-@pytest.mark.parametrize("name", ["lort", "lort_balanced"])
+@pytest.mark.parametrize("name", ["lort", "lort_reference", "lort_balanced"])
 def test_lort_is_cross_entropy_against_the_over_smoothed_target(name):
     s, k = 0.98, 3
     target = (1 - s) * np.eye(k)[YN] + s / k
     assert _loss(name, {"smooth": s}) == pytest.approx(-(target * LOGP).sum(1).mean(), rel=1e-5)
+
+
+def test_lort_default_head_is_unit_directions_on_centred_features_with_one_scale():
+    ctx = _ctx()
+    head = METHODS["lort"].build_head(ctx, [{"smooth": 0.98}])
+    x = ctx.x.numpy().astype(np.float64)
+    m = x.mean(0)
+    r = np.sqrt(((x - m) ** 2).sum(1).mean())
+    w = W.numpy() / np.linalg.norm(W.numpy(), axis=1, keepdims=True)
+    scale = np.linalg.norm(W.numpy(), axis=1).mean() * r  # logits keep the stage-1 classifier's size
+    expected = scale * (X.numpy() - m) @ w.T / r
+    assert np.allclose(head(X)[0].detach().numpy(), expected, atol=1e-4)
+    wl, bl = head.linear_params()  # the same as a plain linear classifier
+    assert np.allclose((X @ wl[0].T + bl[0]).numpy(), expected, atol=1e-4)
+    assert METHODS["lort_reference"].build_head(ctx, [{}]).bias.requires_grad  # the paper's: weights and bias
 
 
 def test_crt_reinitialises_and_samples_classes_uniformly():
@@ -177,7 +192,7 @@ def test_ncm_is_cosine_similarity_to_the_class_mean_feature():
 
 def test_every_method_is_covered_here_and_lists_its_deviations():
     covered = {
-        "ce", "lort", "lort_balanced", "crt", "lws", "tau_norm", "balanced_softmax", "la_loss", "la_posthoc",
+        "ce", "lort", "lort_reference", "lort_balanced", "crt", "lws", "tau_norm", "balanced_softmax", "la_loss", "la_posthoc",
         "cb_reweight", "wb", "focal", "mislas", "ldam_drw", "ncm",
     }  # fmt: skip
     assert set(METHODS) == covered

@@ -27,7 +27,6 @@ import torch
 from .data.features import FeatureSet
 from .errors import LortError
 from .stage2.compare import fit_method
-from .stage2.heads import CosineHead
 from .stage2.losses import DEFAULT_SMOOTH
 from .stage2.methods import Method, get_method
 from .stage2.schedule import Schedule, check_lrs
@@ -285,7 +284,7 @@ class _RetrainerBase(_Mixin, _Base):
         self.n_features_in_ = X.shape[1]
         self.coef_ = w[0].numpy().astype(np.float64)
         self.intercept_ = b[0].numpy().astype(np.float64)
-        self.normalize_input_ = isinstance(head, CosineHead)
+        self.normalize_input_ = not head.plain_linear
         self.best_params_ = {k: v for k, v in result.hyperparameters.items() if k != "note"} | {"epoch": result.epoch}
         self.search_results_ = result.search
         self.init_ = init_src or fs.meta.get("init_classifier", "")

@@ -93,16 +93,22 @@ CE_INIT_LRS = (5e-3, 5e-2, 0.5)
 def ce_classifier(fs: FeatureSet, schedule: Schedule, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """A plain cross-entropy classifier fitted from zero on the training features, for
     methods that warm-start when the features carry no classifier (``init_weight``).
-    Its learning rate (of ``CE_INIT_LRS``) and epoch are chosen on validation when there
-    is a validation split, else the middle rate and the last epoch are used."""
+    It is fitted on the features centred on their training mean and divided by their
+    root-mean-square norm about it, then written back as the equivalent classifier of the
+    raw features, so that its learning rates mean the same on features of any scale. Its
+    learning rate (of ``CE_INIT_LRS``) and epoch are chosen on validation when there is a
+    validation split, else the middle rate and the last epoch are used."""
     x, y = (torch.as_tensor(a, device=device) for a in fs.splits["train"])
+    center = x.mean(0)
+    spread = (x - center).pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
     k = fs.num_classes
     has_val = fs.has_split("val")
     lrs = CE_INIT_LRS if has_val else CE_INIT_LRS[1:2]
     xv, yv = (torch.as_tensor(a, device=device) for a in fs.splits["val"]) if has_val else (None, None)
+    xv = None if xv is None else (xv - center) / spread
     head, curves = fit_head(
         LinearHead(x.new_zeros(k, x.shape[1]), x.new_zeros(k), len(lrs)),
-        x,
+        (x - center) / spread,
         y,
         lambda logits, labels, epoch: grouped_cross_entropy(logits, labels),
         dataclasses.replace(schedule, epochs=max(schedule.epochs, 1)),
@@ -112,8 +118,11 @@ def ce_classifier(fs: FeatureSet, schedule: Schedule, device=None) -> tuple[torc
     )
     g = int(np.argmax(curves.max(axis=0))) if len(curves) else 0
     w, b = head.linear_params()
-    fs.meta["init_classifier"] = f"cross-entropy fit from zero (lr {lrs[g]:g}), no classifier was given"
-    return w[g].clone(), b[g].clone()
+    fs.meta["init_classifier"] = (
+        f"cross-entropy fit from zero on standardised features (lr {lrs[g]:g}), no classifier was given"
+    )
+    weight = w[g] / spread
+    return weight.clone(), (b[g] - weight @ center).clone()
 
 
 def stage2_device(device=None) -> torch.device:

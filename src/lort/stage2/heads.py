@@ -21,6 +21,8 @@ def stacked(t: torch.Tensor, groups: int, unbatched_dim: int) -> torch.Tensor:
 
 
 class Head(nn.Module):
+    plain_linear = True  # its classifier is exactly x @ W.T + b on the raw features (linear_params)
+
     def groups(self) -> int:
         return next(iter(self.state_dict().values())).shape[0]
 
@@ -152,6 +154,8 @@ class CentredHead(Head):
 
 class CosineHead(Head):
     """``scale * cos(x, W_k)``: normalised features and weights (LDAM's classifier, NCM)."""
+
+    plain_linear = False  # linear only in L2-normalised features
 
     def __init__(self, weight: torch.Tensor, scale: float = 30.0, trainable: bool = True, groups: int = 1):
         super().__init__()

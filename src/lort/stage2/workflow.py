@@ -23,7 +23,7 @@ from ..runtime.checkpoint import load_model
 from .compare import compare, evaluate_test, fit_method, logits_of
 from .extract import extract_features
 from .full import BackboneFeatures
-from .heads import LinearHead, LWSHead
+from .heads import LinearHead
 from .leaderboard import markdown, write_leaderboard
 from .methods import get_method, resolve_methods
 from .schedule import DEFAULT_BUDGET, DEFAULT_LRS, DEFAULT_SEEDS, Schedule
@@ -222,7 +222,7 @@ def run_retrain(
     }
     write_leaderboard(out, [result], fs, meta, title=f"Re-trained classifier: {method}")
     if model is not None and ckpt is not None:
-        if not isinstance(result.head, LinearHead | LWSHead):  # cosine heads need normalised features
+        if not result.head.plain_linear:  # cosine heads need normalised features
             raise LortError(f"method {method} does not produce a plain linear classifier; no model.pt written")
         w, b = result.head.linear_params()
         fc = model.get_classifier()
