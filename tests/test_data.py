@@ -225,8 +225,13 @@ def test_list_files_with_spaces_in_paths(tmp_path):
     )
     assert raw.num_classes == 2 and raw.long_tailed
     assert raw.splits["train"].paths[0].endswith("with space/a b.jpg")
-    ds = make_long_tailed(raw)
+    ds = make_long_tailed(raw, val_per_class=0)
     assert ds.train_counts.tolist() == [2, 1] and ds.val is None
+    # without a validation list a balanced one is held out of training, never more than half a class
+    held = make_long_tailed(raw)
+    assert held.train_counts.tolist() == [1, 1] and held.val.counts(2).tolist() == [1, 0]
+    assert "held out" in held.summary()["val_source"]
+    assert not set(held.val.source_index) & set(held.train.source_index)
 
 
 @pytest.mark.parametrize(

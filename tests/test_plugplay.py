@@ -175,7 +175,7 @@ def test_estimator_works_without_scikit_learn(tmp_path):
         "import numpy as np\n"
         "from lort import LogitsRetargetingClassifier as C\n"
         "rng = np.random.default_rng(0); x = rng.normal(size=(600, 4)); y = np.repeat(['a', 'b', 'c'], 200)\n"
-        "x[y == 'b'] += 6; x[y == 'c'] -= 6\n"
+        "x[y == 'b', 0] += 6; x[y == 'c', 1] += 6\n"  # classes in general position (see CentredHead)
         "c = C(smooth=0.9).set_params(epochs=5)\n"
         "assert c.get_params()['smooth'] == 0.9 and c.get_params()['epochs'] == 5\n"
         "assert type(c).__mro__[-2].__module__ == 'lort.estimator'\n"

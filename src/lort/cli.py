@@ -77,7 +77,10 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     for name, n, g in zip(ds.classes, counts, groups, strict=True):
         print(f"  {name:<{width}}  {n:>6}  {GROUP_NAMES[g]}")
     print("groups       " + ", ".join(f"{k} {v}" for k, v in s["groups"].items()))
-    print(f"validation   {s['val_size']} images (held out from unused training images)")
+    where = s.get("val_source") or (
+        "the source's validation list" if s.get("profile") == "given" else "held out from unused training images"
+    )
+    print(f"validation   {s['val_size']} images ({where})")
     if s.get("val_shortfall"):
         print(
             f"             fewer than {s['val_per_class']} spare images, so fewer validation images, "

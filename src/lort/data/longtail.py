@@ -66,6 +66,20 @@ class LongTailedDataset:
         }
 
 
+def _hold_out(train, k: int, per_class: int, rng: np.random.Generator):
+    """A balanced validation split drawn (seeded) from ``train``: ``min(per_class, n_c // 2)``
+    images of each class ``c``; the rest stay in training."""
+    val_idx = []
+    for c in range(k):
+        idx = np.flatnonzero(train.labels == c)
+        take = min(per_class, len(idx) // 2)
+        if take:
+            val_idx.append(np.sort(rng.choice(idx, size=take, replace=False)))
+    held = np.concatenate(val_idx) if val_idx else np.zeros(0, dtype=np.int64)
+    keep = np.setdiff1d(np.arange(len(train.labels)), held)
+    return train.subset(keep), (train.subset(held) if len(held) else None)
+
+
 def make_long_tailed(
     raw: RawDataset,
     imbalance_ratio: float = 100.0,
@@ -89,7 +103,9 @@ def make_long_tailed(
 
     Profile ``none`` keeps the source's own class distribution (every image but the
     validation ones, at most ``max_per_class``): the choice for a user's own data.
-    Sources that already are long-tailed (``raw.long_tailed``) keep their train split;
+    Sources that already are long-tailed (``raw.long_tailed``) keep their train split
+    (without a validation list, a balanced validation split is held out of it: up to
+    ``val_per_class`` images a class, at most half of each class, stated in ``info``);
     their own ``val`` split, if any, is the validation split.
     """
     if selection not in ("first", "random"):
@@ -110,6 +126,12 @@ def make_long_tailed(
         info.update(profile="given", selection="given")
         lt_train = train
         val = raw.splits.get("val")
+        if val is None and val_per_class > 0:
+            lt_train, val = _hold_out(train, k, val_per_class, rng)
+            info.update(
+                val_source=f"held out from the training list: up to {val_per_class} images a class, "
+                "never more than half of a class (no validation list was given)"
+            )
     else:
         n_max = int(max_per_class) if max_per_class is not None else int(available.max())
         if profile == "none":  # keep the source's own distribution, minus the validation images

@@ -92,7 +92,12 @@ class CentredHead(Head):
 
     Neither a bias nor the norm of a class's weights can carry the class prior here, and
     the learning rate acts the same on features of any scale. It is exactly the linear
-    classifier ``W = e^a Ŵ / r``, ``b = -W m`` (:meth:`linear_params`)."""
+    classifier ``W = e^a Ŵ / r``, ``b = -W m`` (:meth:`linear_params`).
+
+    The price of no bias: a class whose features sit at the centre of the others along
+    their only directions (e.g. three classes on one line in a low-dimensional space)
+    cannot win, as it can with a bias. Deep features of many dimensions rarely look like
+    that; for such data use the paper's recipe (``lort_reference``)."""
 
     def __init__(
         self,
