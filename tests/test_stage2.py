@@ -426,7 +426,7 @@ def test_fused_passes_equal_separate_fits_bit_for_bit(toy):
     """Methods that share a sampler and head kind train in one pass; each result equals
     the method fitted alone (same batches, independent updates)."""
     sched = Schedule(epochs=3)
-    fused = compare(toy, list(METHODS.values()), sched, lrs=(5e-3, 5e-2))
+    fused = compare(toy, list(METHODS.values()), sched, lrs=(5e-3, 5e-2), budget=None)  # whole grids, as fit_method
     for r in fused:
         alone = fit_method(METHODS[r.method], toy, sched, lrs=(5e-3, 5e-2))
         assert r.search == alone.search, r.method
@@ -439,13 +439,13 @@ def test_a_small_memory_budget_trains_in_chunks_with_identical_results(toy):
 
     sched = Schedule(epochs=2)
     methods = [METHODS[m] for m in ("ce", "lort", "wb", "crt", "mislas")]
-    whole = compare(toy, methods, sched, lrs=(5e-3, 5e-2))
+    whole = compare(toy, methods, sched, lrs=(5e-3, 5e-2), budget=None)
     features = sum(a.nbytes + b.nbytes for a, b in toy.splits.values())
     budget = features + 5 * setting_bytes(toy.num_classes, toy.dim, sched.batch_size)
     plan = make_plan(methods, toy, sched, (5e-3, 5e-2), budget_bytes=budget)
     assert plan.max_settings == 5 and max(p.settings for p in plan.passes) == 5
     assert plan.settings == sum(len(r.search) for r in whole)
-    chunked = compare(toy, methods, sched, lrs=(5e-3, 5e-2), memory_budget=budget)
+    chunked = compare(toy, methods, sched, lrs=(5e-3, 5e-2), memory_budget=budget, budget=None)
     assert _rows(chunked) == _rows(whole)
     with pytest.raises(LortError, match=r"stage 2 needs .* MiB for one setting .* the memory budget leaves"):
         make_plan(methods, toy, sched, (5e-3,), budget_bytes=features + 10)
