@@ -17,7 +17,7 @@ from ..analysis.metrics import accuracy_report, grouped_balanced_accuracy
 from ..analysis.uncertainty import Difference, paired_bootstrap
 from ..data.features import FeatureSet
 from ..errors import LortError
-from .heads import Head, LinearHead
+from .heads import Head, LinearHead, centre_and_spread
 from .losses import grouped_cross_entropy
 from .methods import METHODS, FitContext, Method
 from .schedule import DEFAULT_BUDGET, DEFAULT_LRS, Schedule, check_comparison
@@ -99,8 +99,7 @@ def ce_classifier(fs: FeatureSet, schedule: Schedule, device=None) -> tuple[torc
     learning rate (of ``CE_INIT_LRS``) and epoch are chosen on validation when there is a
     validation split, else the middle rate and the last epoch are used."""
     x, y = (torch.as_tensor(a, device=device) for a in fs.splits["train"])
-    center = x.mean(0)
-    spread = (x - center).pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
+    center, spread = centre_and_spread(x)
     k = fs.num_classes
     has_val = fs.has_split("val")
     lrs = CE_INIT_LRS if has_val else CE_INIT_LRS[1:2]

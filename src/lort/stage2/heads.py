@@ -85,6 +85,12 @@ class LWSHead(Head):
         return LWSHead(self.weight[g], self.bias[g], scale=self.scale[g : g + 1])
 
 
+def centre_and_spread(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean of features ``x`` and the root-mean-square norm of ``x`` about it."""
+    center = x.mean(0)
+    return center, (x - center).pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
+
+
 class CentredHead(Head):
     """``e^a * Ŵ (x - m) / r``: unit-norm class weights ``Ŵ`` applied to features centred on
     the training mean ``m`` and divided by their root-mean-square norm ``r`` about it, one
@@ -123,8 +129,7 @@ class CentredHead(Head):
         """Directions from ``weight`` (e.g. the stage-1 classifier), centre and spread from
         the training features ``x``, the scale set so that the logits keep the size of
         ``weight``'s (its mean class-weight norm)."""
-        center = x.mean(0)
-        spread = (x - center).pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
+        center, spread = centre_and_spread(x)
         log_scale = torch.log(weight.norm(dim=1).mean().clamp_min(1e-12) * spread)
         return cls(weight, center, spread, log_scale, groups)
 
@@ -148,13 +153,8 @@ class CentredHead(Head):
 
     @classmethod
     def stack(cls, heads: list[CentredHead]) -> CentredHead:
-        head = cls(heads[0].weight[0], heads[0].center[0], heads[0].spread[0], heads[0].log_scale[0])
-        with torch.no_grad():
-            head.weight = nn.Parameter(torch.cat([h.weight.detach() for h in heads]))
-            head.center = torch.cat([h.center for h in heads])
-            head.spread = torch.cat([h.spread for h in heads])
-            head.log_scale = nn.Parameter(torch.cat([h.log_scale.detach() for h in heads]))
-        return head
+        """One head holding the classifiers of ``heads`` side by side, in order."""
+        return cls(*(torch.cat([getattr(h, n) for h in heads]) for n in ("weight", "center", "spread", "log_scale")))
 
 
 class CosineHead(Head):
