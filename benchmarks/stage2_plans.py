@@ -23,7 +23,7 @@ from lort.io import write_json
 from lort.runtime.precision import cpu_capability
 from lort.stage2.methods import resolve_methods
 from lort.stage2.plan import make_plan, matmul_rate
-from lort.stage2.schedule import DEFAULT_LRS, Schedule
+from lort.stage2.schedule import DEFAULT_BUDGET, DEFAULT_LRS, DEFAULT_SEEDS, Schedule
 
 DATASETS = {
     "ImageNet-LT": (1000, 115_846, 20_000, 50_000),
@@ -39,6 +39,9 @@ class Shapes:
 
     splits: dict
     num_classes: int
+
+    def has_split(self, name: str) -> bool:
+        return name in self.splits and len(self.splits[name][1]) > 0
 
 
 def shapes(k: int, train: int, val: int, test: int, dim: int = 2048) -> Shapes:
@@ -57,7 +60,10 @@ def main():
     methods, schedule, out = resolve_methods(["all"]), Schedule(), []
     for name, (k, train, val, test) in DATASETS.items():
         fs = shapes(k, train, val, test)
-        plan = make_plan(methods, fs, schedule, DEFAULT_LRS, budget_bytes=int(args.budget_gib * 2**30))
+        plan = make_plan(  # what `lort compare --methods all` plans by default: 6 fits per method, 3 seeds
+            methods, fs, schedule, DEFAULT_LRS, budget_bytes=int(args.budget_gib * 2**30),
+            budget=DEFAULT_BUDGET, seeds=DEFAULT_SEEDS,
+        )  # fmt: skip
         rate = matmul_rate(plan)
         print(f"\n{name}\n{plan.describe(rate)}")
         out.append(

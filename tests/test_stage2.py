@@ -461,3 +461,123 @@ def test_compare_prints_its_plan_and_dry_run_stops_there(tmp_path, toy, capsys):
     assert not out.exists()
     assert main(["compare", "--features", str(path), "--out", str(out), "--memory-budget", "0.001"]) == 2
     assert "memory budget leaves" in capsys.readouterr().err
+
+
+def test_feature_files_are_memory_mapped_not_copied(tmp_path, toy, monkeypatch):
+    """Large arrays of a feature file are mapped from the file (copy-on-write): loading
+    and training read the pages in place, and writing to them never changes the file."""
+    import lort.io
+    from lort.data.features import load_features
+
+    monkeypatch.setattr(lort.io, "MAP_AT_BYTES", 1)  # the toy set is small: map everything
+    path = tmp_path / "f.npz"
+    toy.save(path)
+    fs = load_features(path)
+    x = fs.splits["train"][0]
+    assert isinstance(x, np.memmap) and x.filename == path.resolve()
+    assert np.array_equal(x, toy.splits["train"][0]) and fs.classes == toy.classes
+    t = torch.as_tensor(x)  # no copy: the tensor is the mapping
+    assert t.data_ptr() == x.ctypes.data
+    x[0, 0] += 1.0  # copy-on-write: this process only
+    assert load_features(path).splits["train"][0][0, 0] == toy.splits["train"][0][0, 0]
+    sched = Schedule(epochs=2)
+    mapped = compare(load_features(path), [METHODS["ce"], METHODS["lort"]], sched, lrs=(5e-2,))
+    monkeypatch.setattr(lort.io, "MAP_AT_BYTES", 1 << 62)  # read into memory: the same results
+    read = compare(load_features(path), [METHODS["ce"], METHODS["lort"]], sched, lrs=(5e-2,))
+    assert _rows(mapped) == _rows(read)
+    np.savez_compressed(
+        tmp_path / "c.npz",
+        **{f"{s}_{k}": a for s, (x_, y_) in toy.splits.items() for k, a in (("features", x_), ("labels", y_))},
+    )
+    assert not isinstance(load_features(tmp_path / "c.npz").splits["train"][0], np.memmap)  # compressed: read
+
+
+def test_non_finite_features_are_found_block_by_block():
+    from lort.data.features import first_nonfinite_row
+
+    x = np.zeros((50, 3), np.float32)
+    assert first_nonfinite_row(x, rows=7) is None
+    x[23, 1] = np.inf
+    x[40, 0] = np.nan
+    assert first_nonfinite_row(x, rows=7) == 23 == first_nonfinite_row(x, rows=1000)
+
+
+def test_centre_and_spread_in_blocks_equals_the_whole():
+    from lort.stage2.heads import centre_and_spread
+
+    x = torch.randn(1001, 17) * 3 + 1
+    c, s = centre_and_spread(x, rows=64)
+    assert torch.equal(c, x.mean(0))
+    assert torch.equal(s, (x - x.mean(0)).pow(2).sum(1).mean().sqrt())
+
+
+@pytest.mark.parametrize("kind", ["linear", "centred", "cosine", "lws"])
+def test_the_loop_equals_autograd_and_torch_sgd_for_every_head_kind(kind):
+    """The loop computes the weight gradient itself (one matrix product folded into the
+    momentum); every head kind must train as autograd through ``head(x)`` and
+    ``torch.optim.SGD`` (momentum, weight decay, cosine schedule) train it."""
+    import math
+
+    from lort.stage2.heads import CentredHead, CosineHead, LWSHead
+
+    fs = _toy()
+    x, y = (torch.as_tensor(a) for a in fs.splits["train"])
+    w, b = torch.as_tensor(fs.init_weight), torch.as_tensor(fs.init_bias)
+    build = {
+        "linear": lambda: LinearHead(w, b),
+        "centred": lambda: CentredHead.from_classifier(w, x),
+        "cosine": lambda: CosineHead(w, scale=10.0),
+        "lws": lambda: LWSHead(w, b),
+    }[kind]
+    sched = Schedule(epochs=2, lr=0.05, weight_decay=5e-3, batch_size=32, seed=3)
+
+    def loss(lg, yy, e):
+        return L.grouped_cross_entropy(lg, yy)
+
+    head, _ = fit_head(build(), x, y, loss, sched)
+    ref = build()
+    params = [p for p in ref.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=sched.lr, momentum=sched.momentum, weight_decay=sched.weight_decay)
+    gen = torch.Generator().manual_seed(sched.seed)
+    steps = math.ceil(len(y) / sched.batch_size)
+    step = 0
+    for _ in range(sched.epochs):
+        order = torch.randperm(len(y), generator=gen)
+        for start in range(0, len(y), sched.batch_size):
+            idx = order[start : start + sched.batch_size]
+            for group in opt.param_groups:
+                group["lr"] = sched.lr * 0.5 * (1 + math.cos(math.pi * step / (steps * sched.epochs)))
+            opt.zero_grad()
+            loss(ref(x[idx]), y[idx], 0).sum().backward()
+            opt.step()
+            step += 1
+    for (name, got), (_, want) in zip(head.state_dict().items(), ref.state_dict().items(), strict=True):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-5), (kind, name, (got - want).abs().max())
+    start = dict(build().named_parameters())
+    assert all(not torch.equal(p, start[n]) for n, p in ref.named_parameters() if p.requires_grad)  # it trained
+
+
+def test_npz_written_block_by_block_reads_back_and_a_short_one_leaves_nothing(tmp_path):
+    from lort.io import load_npz, save_npz_blocks
+
+    a = np.arange(60, dtype=np.float32).reshape(12, 5)
+    path = tmp_path / "b.npz"
+    save_npz_blocks(path, logits=(a.shape, np.float32, (a[i : i + 5] for i in range(0, 12, 5))), labels=np.arange(12))
+    with np.load(path) as d:
+        assert np.array_equal(d["logits"], a) and np.array_equal(d["labels"], np.arange(12))
+    assert np.array_equal(load_npz(path)["logits"], a)
+    with pytest.raises(ValueError, match="blocks held 10 values"):
+        save_npz_blocks(tmp_path / "short.npz", logits=((3, 5), np.float32, iter([a[:2]])))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.npz"]  # no partial or temporary file left
+
+
+def test_large_heap_blocks_are_returned_unless_the_user_set_the_threshold(monkeypatch):
+    import sys
+
+    from lort.runtime.heap import return_large_blocks
+
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert return_large_blocks.__wrapped__() is False  # the user's setting is kept
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    glibc = sys.platform.startswith("linux") and "glibc" in " ".join(__import__("platform").libc_ver())
+    assert return_large_blocks.__wrapped__() is glibc

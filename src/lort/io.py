@@ -109,6 +109,86 @@ def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
             np.savez(f, **arrays)
 
 
+def save_npz_blocks(path: str | os.PathLike, **arrays) -> None:
+    """An uncompressed ``.npz`` like :func:`save_npz`, where an array may also be given as
+    ``(shape, dtype, blocks)``: its rows are written block by block as ``blocks`` yields
+    them, so that it never exists whole in memory (e.g. the logits of a large split)."""
+    import zipfile
+
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, value in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
+                if not isinstance(value, tuple):
+                    np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+                    continue
+                shape, dtype, blocks = value
+                dtype = np.dtype(dtype)
+                header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+                np.lib.format.write_array_header_1_0(f, header)
+                written = 0
+                for block in blocks:
+                    block = np.ascontiguousarray(block, dtype=dtype)
+                    f.write(block.tobytes())
+                    written += block.size
+                if written != int(np.prod(shape)):
+                    raise ValueError(
+                        f"{name}: blocks held {written} values, shape {tuple(shape)} needs {np.prod(shape)}"
+                    )
+
+
+MAP_AT_BYTES = 1 << 20
+
+
+def load_npz(path: str | os.PathLike, mapped: bool = True) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` file ``path``, by name.
+
+    Arrays of at least ``MAP_AT_BYTES`` stored uncompressed (as :func:`save_npz` and ``np.savez`` store them) are
+    memory-mapped copy-on-write where ``mapped``: nothing is read until used, the pages
+    are the file system's cache rather than a second copy, and writing to the array
+    changes only this process's view. Compressed members, object arrays and Fortran
+    layouts are read into memory as ``np.load`` reads them. Raises what ``np.load`` and
+    ``zipfile`` raise on a file that is not a readable ``.npz``."""
+    out = {}
+    with np.load(path, allow_pickle=False) as data:
+        members = {name.removesuffix(".npy"): name for name in data.zip.namelist()}
+        with open(path, "rb") as raw:
+            for key in data.files:
+                info = data.zip.getinfo(members[key])
+                arr = _mapped_member(path, raw, info) if mapped and info.file_size >= MAP_AT_BYTES else None
+                out[key] = data[key] if arr is None else arr
+    return out
+
+
+def _mapped_member(path, raw, info) -> np.ndarray | None:
+    """The array of zip member ``info``, memory-mapped, or None where it cannot be."""
+    import struct
+    import zipfile
+
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        return None
+    raw.seek(info.header_offset)
+    local = raw.read(30)  # the local file header: its name and extra field may differ from the directory's
+    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        return None
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    start = info.header_offset + 30 + name_len + extra_len
+    raw.seek(start)
+    try:
+        version = np.lib.format.read_magic(raw)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if fortran or dtype.hasobject:
+        return None
+    offset = raw.tell()
+    if offset - start + dtype.itemsize * int(np.prod(shape)) > info.file_size:
+        return None
+    if int(np.prod(shape)) == 0:
+        return np.empty(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="c", shape=shape, offset=offset)
+
+
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
     import torch
 

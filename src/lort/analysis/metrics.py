@@ -41,9 +41,14 @@ def accuracy_report(logits, labels, train_counts) -> dict:
     the mean per-class accuracy of the Many / Medium / Few groups (``None`` for a group
     with no class present in this split). Values are fractions in [0, 1]."""
     logits = np.asarray(logits)
+    return prediction_report(logits.argmax(axis=1), labels, train_counts, logits.shape[1])
+
+
+def prediction_report(pred, labels, train_counts, num_classes: int | None = None) -> dict:
+    """:func:`accuracy_report` from the predicted classes ``pred`` alone."""
+    pred = np.asarray(pred)
     labels = np.asarray(labels)
-    k = logits.shape[1]
-    pred = logits.argmax(axis=1)
+    k = num_classes or len(train_counts)
     per_class = per_class_accuracy(pred, labels, k)
     groups = class_groups(train_counts)
     report = {

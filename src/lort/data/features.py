@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LortError
-from ..io import save_npz
+from ..io import load_npz, save_npz
 from .longtail import class_groups
 
 SPLITS = ("train", "val", "test")
@@ -61,6 +61,18 @@ class FeatureSet:
         save_npz(path, **arrays)
 
 
+def first_nonfinite_row(x: np.ndarray, rows: int = 8192) -> int | None:
+    """The first row of ``x`` holding NaN or Inf (None if all are finite), checked in
+    blocks of ``rows`` so that a memory-mapped array is never copied whole."""
+    if not np.issubdtype(x.dtype, np.floating):
+        return None
+    for start in range(0, len(x), rows):
+        bad = np.flatnonzero(~np.isfinite(x[start : start + rows]).all(axis=1))
+        if len(bad):
+            return start + int(bad[0])
+    return None
+
+
 def validate_features(
     splits: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int, where: str = "features"
 ) -> None:
@@ -78,9 +90,9 @@ def validate_features(
         dim = x.shape[1] if dim is None else dim
         if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
             raise LortError(f"{where}: {split} features are not numeric ({x.dtype})")
-        bad = np.flatnonzero(~np.isfinite(x).all(axis=1)) if np.issubdtype(x.dtype, np.floating) else []
-        if len(bad):
-            raise LortError(f"{where}: {split} features hold NaN or Inf (row {bad[0]})")
+        bad = first_nonfinite_row(x)
+        if bad is not None:
+            raise LortError(f"{where}: {split} features hold NaN or Inf (row {bad})")
         if len(y) and (y.min() < 0 or y.max() >= num_classes):
             v = y.min() if y.min() < 0 else y.max()
             raise LortError(f"{where}: {split} label {v} outside [0, {num_classes})")
@@ -93,8 +105,7 @@ def validate_features(
 def load_features(path: str | Path) -> FeatureSet:
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+        arrays = load_npz(path)  # large arrays memory-mapped: no second copy in memory
     except FileNotFoundError:
         raise LortError(f"{path}: no such feature file") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:

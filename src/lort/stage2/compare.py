@@ -13,11 +13,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..analysis.metrics import accuracy_report, grouped_balanced_accuracy
+from ..analysis.metrics import accuracy_report, grouped_balanced_accuracy, prediction_report
 from ..analysis.uncertainty import Difference, paired_bootstrap
 from ..data.features import FeatureSet
 from ..errors import LortError
-from .heads import Head, LinearHead, centre_and_spread
+from ..runtime.heap import return_large_blocks
+from .heads import Head, LinearHead, Standardised, centre_and_spread
 from .losses import grouped_cross_entropy
 from .methods import METHODS, FitContext, Method
 from .schedule import DEFAULT_BUDGET, DEFAULT_LRS, Schedule, check_comparison
@@ -25,7 +26,7 @@ from .trainer import fit_head
 
 
 def head_balanced_accuracy(
-    head: Head, x: torch.Tensor, labels: torch.Tensor, num_classes: int, budget: int = 1 << 24
+    head: Head, x: torch.Tensor, labels: torch.Tensor, num_classes: int, budget: int = 1 << 22
 ) -> torch.Tensor:
     """Balanced accuracy of every classifier of ``head`` on ``x``, computed in row
     chunks so that at most ``budget`` logits (G x rows x K) exist at once: the validation
@@ -104,10 +105,10 @@ def ce_classifier(fs: FeatureSet, schedule: Schedule, device=None) -> tuple[torc
     has_val = fs.has_split("val")
     lrs = CE_INIT_LRS if has_val else CE_INIT_LRS[1:2]
     xv, yv = (torch.as_tensor(a, device=device) for a in fs.splits["val"]) if has_val else (None, None)
-    xv = None if xv is None else (xv - center) / spread
+    xv = None if xv is None else Standardised(xv, center, spread)
     head, curves = fit_head(
         LinearHead(x.new_zeros(k, x.shape[1]), x.new_zeros(k), len(lrs)),
-        (x - center) / spread,
+        Standardised(x, center, spread),
         y,
         lambda logits, labels, epoch: grouped_cross_entropy(logits, labels),
         dataclasses.replace(schedule, epochs=max(schedule.epochs, 1)),
@@ -131,6 +132,7 @@ def stage2_device(device=None) -> torch.device:
 
 def context(fs: FeatureSet, schedule: Schedule, seed: int = 0, device=None) -> FitContext:
     """What the methods see, with the training features moved once to ``device``."""
+    return_large_blocks()  # short-lived blocks of a large stage 2 go back to the OS when freed
     device = stage2_device(device)
     x, y = fs.splits["train"]
     k = fs.num_classes
@@ -156,9 +158,30 @@ def head_device(head: Head) -> torch.device:
     return next(iter(head.state_dict().values())).device
 
 
-def logits_of(head: Head, x) -> np.ndarray:
+def logit_blocks(head: Head, x, budget: int = 1 << 22):
+    """The ``(rows, K)`` logits of a single-classifier head for ``x``, block of rows after
+    block: a head's transformed inputs (e.g. centred features) and its logits never exist
+    for all rows at once."""
+    x = torch.as_tensor(x, dtype=torch.float32, device=head_device(head))
+    rows = max(1, budget // max(1, x.shape[1] if x.dim() == 2 else 1))
     with torch.no_grad():
-        return head.predict_logits(torch.as_tensor(x, dtype=torch.float32, device=head_device(head))).cpu().numpy()
+        for i in range(0, max(len(x), 1), rows):
+            yield head.predict_logits(x[i : i + rows]).cpu().numpy()
+
+
+def logits_of(head: Head, x) -> np.ndarray:
+    """``(N, K)`` logits of a single-classifier head (computed in row blocks)."""
+    blocks = logit_blocks(head, x)
+    first = next(blocks)
+    if len(first) == len(x):
+        return first
+    out = np.empty((len(x), first.shape[1]), dtype=first.dtype)
+    out[: len(first)] = first
+    start = len(first)
+    for block in blocks:
+        out[start : start + len(block)] = block
+        start += len(block)
+    return out
 
 
 @dataclass
@@ -468,17 +491,16 @@ def check_fixed(fixed: dict[str, dict[str, Any]] | None, methods: list[Method]) 
     return fixed
 
 
-def evaluate_test(result: MethodResult, fs: FeatureSet) -> np.ndarray:
+def evaluate_test(result: MethodResult, fs: FeatureSet) -> None:
     """Evaluate the chosen head on the test split (once) and store the report and which
-    test images it got right."""
+    test images it got right (predictions taken block by block: no test logits held)."""
     x, y = fs.splits["test"]
-    logits = logits_of(result.head, x)
-    result.test = accuracy_report(logits, y, fs.train_counts)
+    pred = np.concatenate([block.argmax(1) for block in logit_blocks(result.head, x)])
+    result.test = prediction_report(pred, y, fs.train_counts)
     method = METHODS.get(result.method)
     if method is not None and not method.probabilities:
         result.test["ece"] = None  # its scores are not probabilities
-    result.correct = (logits.argmax(1) == np.asarray(y))[None]
-    return logits
+    result.correct = (pred == np.asarray(y))[None]
 
 
 def _seed_record(seed: int, r: MethodResult) -> dict:
@@ -533,6 +555,11 @@ def compare(
     schedule = schedule or Schedule()
     fixed = check_fixed(fixed, methods)
     plan = plan or make_plan(methods, fs, schedule, lrs, fixed, memory_budget, stage2_device(device), budget, seeds)
+    if (plan.budget, plan.seeds, plan.epochs) != (budget, seeds, schedule.epochs):
+        raise LortError(
+            f"the plan given was made for budget {plan.budget}, {plan.seeds} seeds, {plan.epochs} epochs; "
+            f"this comparison has budget {budget}, {seeds} seeds, {schedule.epochs} epochs"
+        )
     total = plan.settings * plan.steps_per_epoch * plan.epochs * plan.seeds
     runs: list[list[MethodResult]] = []
     with tqdm(total=total, unit="step", unit_scale=True, desc="stage 2", disable=not show_progress) as bar:

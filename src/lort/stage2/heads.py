@@ -21,7 +21,38 @@ def stacked(t: torch.Tensor, groups: int, unbatched_dim: int) -> torch.Tensor:
 
 
 class Head(nn.Module):
+    """``G`` classifiers of one form: ``finish(inputs(x) @ weight.T, norms)``.
+
+    ``weight`` ``(G, K, D)`` meets the inputs in ONE matrix product for all classifiers,
+    ``(B, D) x (D, G*K)``; ``finish`` turns those products ``(G, B, K)`` into logits with
+    the head's small parameters (a bias, scales) and, where ``uses_norms``, the class-weight
+    norms ``||weight_k||`` ``(G, K)``. The training loop relies on this form: it computes
+    the product without autograd and folds the weight gradient, one more matrix product,
+    straight into the momentum (:func:`lort.stage2.trainer.fit_head`)."""
+
     plain_linear = True  # its classifier is exactly x @ W.T + b on the raw features (linear_params)
+    uses_norms = False  # finish() needs the norms of the class weights
+    trains_weight = True  # weight is trained (a second matrix product per step, for its gradient)
+    weight: torch.Tensor
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """What the weights multiply: the features, or a fixed transform of them."""
+        return x
+
+    def finish(self, z: torch.Tensor, norms: torch.Tensor | None) -> torch.Tensor:
+        """Logits ``(G, B, K)`` from the products ``z = inputs(x) @ weight.T``."""
+        raise NotImplementedError
+
+    def products(self, xin: torch.Tensor) -> torch.Tensor:
+        """``inputs @ weight.T`` for every classifier, as one ``(B, G*K)`` matrix product."""
+        g, k, d = self.weight.shape
+        return xin @ self.weight.reshape(g * k, d).t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xin = self.inputs(x)
+        g, k, _ = self.weight.shape
+        z = self.products(xin).view(len(xin), g, k).transpose(0, 1)
+        return self.finish(z, self.weight.norm(dim=2) if self.uses_norms else None)
 
     def groups(self) -> int:
         return next(iter(self.state_dict().values())).shape[0]
@@ -43,12 +74,8 @@ class LinearHead(Head):
         self.weight = nn.Parameter(stacked(weight, groups, 2))
         self.bias = nn.Parameter(stacked(bias, groups, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # ONE matrix product for all G classifiers: (B, D) x (D, G*K), and one for the weight
-        # gradient in backward, instead of G small ones: near the machine's matrix-multiply rate.
-        g, k, d = self.weight.shape
-        logits = (x @ self.weight.reshape(g * k, d).t()).view(len(x), g, k).transpose(0, 1)
-        return logits + self.bias.unsqueeze(1)
+    def finish(self, z: torch.Tensor, norms: torch.Tensor | None) -> torch.Tensor:
+        return z + self.bias.unsqueeze(1)
 
     def linear_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.weight.detach(), self.bias.detach()
@@ -66,6 +93,8 @@ class LWSHead(Head):
     """Learnable weight scaling (Kang et al., 2020): ``f * (x @ W.T + b)``, the logits of the
     stage-1 classifier scaled per class, with only the scales ``f`` trained."""
 
+    trains_weight = False
+
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, groups: int = 1, scale=None) -> None:
         super().__init__()
         self.register_buffer("weight", stacked(weight, groups, 2))
@@ -73,10 +102,8 @@ class LWSHead(Head):
         init = torch.ones(self.weight.shape[:2], device=self.weight.device) if scale is None else scale.detach().clone()
         self.scale = nn.Parameter(init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight * self.scale.unsqueeze(2)
-        b = self.bias * self.scale
-        return torch.baddbmm(b.unsqueeze(1), x.expand(w.shape[0], *x.shape), w.transpose(1, 2))
+    def finish(self, z: torch.Tensor, norms: torch.Tensor | None) -> torch.Tensor:
+        return (z + self.bias.unsqueeze(1)) * self.scale.unsqueeze(1)
 
     def linear_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         return (self.weight * self.scale.unsqueeze(2)).detach(), (self.bias * self.scale).detach()
@@ -85,10 +112,30 @@ class LWSHead(Head):
         return LWSHead(self.weight[g], self.bias[g], scale=self.scale[g : g + 1])
 
 
-def centre_and_spread(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mean of features ``x`` and the root-mean-square norm of ``x`` about it."""
+def centre_and_spread(x: torch.Tensor, rows: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean of features ``x`` and the root-mean-square norm of ``x`` about it (the
+    squared distances computed ``rows`` at a time: no centred copy of ``x`` is made)."""
     center = x.mean(0)
-    return center, (x - center).pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
+    sq = torch.cat([(x[i : i + rows] - center).pow(2).sum(1) for i in range(0, len(x), rows)])
+    return center, sq.mean().sqrt().clamp_min(1e-12)
+
+
+class Standardised:
+    """Features ``x`` centred on ``center`` and divided by ``spread``, batch by batch (a
+    training source of :func:`lort.stage2.trainer.fit_head`): no standardised copy of the
+    whole set is made."""
+
+    def __init__(self, x: torch.Tensor, center: torch.Tensor, spread: torch.Tensor) -> None:
+        self.x, self.center, self.spread = x, center, spread
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batch(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+        return (self.x[idx] - self.center) / self.spread
+
+    def __getitem__(self, rows) -> torch.Tensor:
+        return self.batch(rows, 0)
 
 
 class CentredHead(Head):
@@ -123,6 +170,9 @@ class CentredHead(Head):
         self.log_scale = nn.Parameter(
             torch.as_tensor(log_scale, dtype=torch.float32, device=self.weight.device).detach().expand(g).clone()
         )
+        shared = self.center.device.type == "meta" or torch.equal(self.center, self.center[:1].expand_as(self.center))
+        if not shared:
+            raise ValueError("the classifiers of one CentredHead must share one feature centre")
 
     @classmethod
     def from_classifier(cls, weight: torch.Tensor, x: torch.Tensor, groups: int = 1) -> CentredHead:
@@ -142,11 +192,14 @@ class CentredHead(Head):
         w, b = self._effective()
         return w.detach(), b.detach()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w, b = self._effective()
-        g, k, d = w.shape
-        logits = (x @ w.reshape(g * k, d).t()).view(len(x), g, k).transpose(0, 1)  # one matrix product
-        return logits + b.unsqueeze(1)
+    uses_norms = True
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.center[0]  # every classifier of a head shares the centre (checked when built)
+
+    def finish(self, z: torch.Tensor, norms: torch.Tensor | None) -> torch.Tensor:
+        scale = (self.log_scale.exp() / self.spread).unsqueeze(1) / norms.clamp_min(1e-12)  # (G, K)
+        return z * scale.unsqueeze(1)
 
     def select(self, g: int) -> CentredHead:
         return CentredHead(self.weight[g], self.center[g], self.spread[g], self.log_scale[g])
@@ -167,10 +220,13 @@ class CosineHead(Head):
         self.weight = nn.Parameter(stacked(weight, groups, 2), requires_grad=trainable)
         self.scale = scale
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xn = F.normalize(x, dim=1)
-        wn = F.normalize(self.weight, dim=2)
-        return self.scale * torch.matmul(xn, wn.transpose(1, 2))
+    uses_norms = True
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=1)
+
+    def finish(self, z: torch.Tensor, norms: torch.Tensor | None) -> torch.Tensor:
+        return self.scale * z / norms.clamp_min(1e-12).unsqueeze(1)
 
     def linear_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Equivalent weights for normalised inputs: ``scale * W / ||W||`` and zero bias."""

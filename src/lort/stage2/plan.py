@@ -4,7 +4,8 @@ takes at the matrix-multiply rate this machine reaches for the same shapes.
 
 The loop's work per step and setting is two matrix products of a ``batch x D`` feature
 block with a ``K x D`` classifier (the logits, and the weight gradient), so
-``4 * batch * D * K`` FLOP; validation scoring adds ``2 * N_val * D * K`` per epoch.
+``4 * batch * D * K`` FLOP (half that for a head whose weights stay fixed, e.g. LWS);
+validation scoring adds ``2 * N_val * D * K`` per epoch.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from .compare import Job, passes, plan_job
 from .methods import Method
 from .schedule import Schedule
 
-# Bytes a trained setting holds beyond the features: its weights, gradient, momentum and the
-# best epoch's copy (4 x K x D floats), and per step a few batch x K logit-sized buffers.
-COPIES_PER_SETTING = 4
+# Bytes a trained setting holds beyond the features: its weights, momentum (into which the
+# loop folds the weight gradient, so no gradient is held) and the best epoch's copy
+# (3 x K x D floats), and per step a few batch x K logit-sized buffers.
+COPIES_PER_SETTING = 3
 LOGIT_BUFFERS = 6
 
 
@@ -51,6 +53,7 @@ class Pass:
     methods: list[str]
     settings: int
     sampler: str
+    products: int = 2  # matrix products per step: the logits, and the weight gradient where weights train
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Plan:
     budget_bytes: int = 0
     feature_bytes: int = 0
     seeds: int = 1  # the whole comparison is repeated per seed
+    budget: int | None = None  # fits per method (None: every method's whole grid)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -75,15 +79,15 @@ class Plan:
     def settings(self) -> int:
         return sum(p.settings for p in self.passes)
 
-    def pass_flop(self, settings: int) -> float:
+    def pass_flop(self, settings: int, products: int = 2) -> float:
         k, d = self.num_classes, self.dim
-        train = 4.0 * self.batch_size * d * k * settings * self.steps_per_epoch * self.epochs
+        train = 2.0 * products * self.batch_size * d * k * settings * self.steps_per_epoch * self.epochs
         score = 2.0 * self.val_rows * d * k * settings * self.epochs
         return train + score
 
     @property
     def flop(self) -> float:
-        return self.seeds * sum(self.pass_flop(p.settings) for p in self.passes)
+        return self.seeds * sum(self.pass_flop(p.settings, p.products) for p in self.passes)
 
     @property
     def peak_bytes(self) -> int:
@@ -160,30 +164,38 @@ def make_plan(
         budget_bytes=memory,
         feature_bytes=feature_bytes,
         seeds=seeds,
+        budget=budget,
     )
     for units in passes(jobs, max_settings):
         names = list(dict.fromkeys(job.method.name for job, _ in units))
-        plan.passes.append(Pass(names, sum(len(i) for _, i in units), units[0][0].method.sampler))
+        method = units[0][0].method
+        products = 2 if method.head_class.trains_weight else 1
+        plan.passes.append(Pass(names, sum(len(i) for _, i in units), method.sampler, products))
     return plan
 
 
-def matmul_rate(plan: Plan, device: torch.device | str = "cpu", seconds: float = 0.3) -> float:
+def matmul_rate(plan: Plan, device: torch.device | str = "cpu", seconds: float = 0.3, rounds: int = 5) -> float:
     """FLOP/s that ``torch.mm`` reaches here for the loop's shapes: the logits of the widest
-    pass (batch x D times D x G*K) and its weight gradient (G*K x batch times batch x D)."""
+    pass (batch x D times D x G*K) and its weight gradient (G*K x batch times batch x D).
+    The best of ``rounds`` rounds of at least ``seconds`` each: the rate the machine can
+    reach for these shapes, not one slowed by a neighbour's burst."""
     device = torch.device(device)
     g = max((p.settings for p in plan.passes), default=1)
     b, d, k = plan.batch_size, plan.dim, plan.num_classes
     x = torch.randn(b, d, device=device)
     w = torch.randn(g * k, d, device=device)
     grad = torch.randn(g * k, b, device=device)
-    flop, spent, calls = 4.0 * b * d * k * g, 0.0, 0
+    flop, best = 4.0 * b * d * k * g, 0.0
     torch.mm(x, w.T), torch.mm(grad, x)  # warm-up
-    while spent < seconds or calls < 3:
-        t0 = time.perf_counter()
-        torch.mm(x, w.T)
-        torch.mm(grad, x)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        spent += time.perf_counter() - t0
-        calls += 1
-    return flop * calls / spent
+    for _ in range(rounds):
+        spent, calls = 0.0, 0
+        while spent < seconds or calls < 3:
+            t0 = time.perf_counter()
+            torch.mm(x, w.T)
+            torch.mm(grad, x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            spent += time.perf_counter() - t0
+            calls += 1
+        best = max(best, flop * calls / spent)
+    return best

@@ -113,13 +113,17 @@ def fit_head(
     params = [p for p in head.parameters() if p.requires_grad]
     if schedule.epochs == 0 or not params:
         return head, (score_fn(head).cpu().numpy()[None] if score_fn else np.zeros((0, head.groups())))
-    groups = params[0].shape[0]
-    device = params[0].device
+    weight = head.weight
+    groups, k_out, dim = weight.shape
+    device = weight.device
+    trains_weight = any(p is weight for p in params)
+    small = [p for p in params if p is not weight]  # biases and scales: (G, K) or (G,)
     lr_g = _per_group(lr, groups, schedule.lr, device)
     wd_g = _per_group(weight_decay, groups, schedule.weight_decay, device)
     check_lrs(lr_g.tolist())
     bound = None if max_norm is None else _per_group(max_norm, groups, 0.0, device).view(groups, 1, 1)
-    momentum = [torch.zeros_like(p) for p in params]
+    momentum = [torch.zeros_like(p) for p in small]
+    weight_buf = torch.zeros_like(weight) if trains_weight else None
     gen = torch.Generator().manual_seed(schedule.seed)
     n = len(y)
     total = math.ceil(n / schedule.batch_size) * schedule.epochs
@@ -128,7 +132,13 @@ def fit_head(
     best_state = {name: t.detach().clone() for name, t in head.state_dict().items()}
     best_score = torch.full((groups,), -math.inf, device=device)
     scores, step = [], 0
-    views = [(lr_g.view(groups, *[1] * (p.dim() - 1)), wd_g.view(groups, *[1] * (p.dim() - 1))) for p in params]
+
+    def per_group(p):
+        shape = (groups, *[1] * (p.dim() - 1))
+        return lr_g.view(shape), wd_g.view(shape)
+
+    views = [per_group(p) for p in small]
+    lr_w, wd_w = per_group(weight)
     # The update touches every weight of every setting each step and is bound by memory bandwidth
     # at large K x D: weight decay and MaxNorm run only on the runs of settings that have them.
     decayed = _runs(wd_g != 0)
@@ -138,24 +148,41 @@ def fit_head(
         head.train()
         for start in range(0, n, schedule.batch_size):
             idx = order[start : start + schedule.batch_size]
-            loss = loss_fn(head(source.batch(idx, epoch)), y[idx], epoch).sum()
+            xin = head.inputs(source.batch(idx, epoch))
+            # The matrix product of all G classifiers without autograd: its gradient for the
+            # weights is one more matrix product, accumulated into the momentum below.
+            with torch.no_grad():
+                z = head.products(xin)
+            z.requires_grad_(True)
+            norms = None
+            if head.uses_norms:
+                norms = weight.detach().norm(dim=2).requires_grad_(trains_weight)
+            logits = head.finish(z.view(len(xin), groups, k_out).transpose(0, 1), norms)
+            loss = loss_fn(logits, y[idx], epoch).sum()
             if not torch.isfinite(loss):
                 raise LortError(
                     f"stage-2 loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate "
                     f"(now {lr_g.tolist()}) or check the features for extreme values"
                 )
-            for p in params:
+            for p in small:
                 p.grad = None
             loss.backward()
             factor = 0.5 * (1.0 + math.cos(math.pi * step / total))
             with torch.no_grad():
-                for p, buf, (lr_v, wd_v) in zip(params, momentum, views, strict=True):
+                for p, buf, (lr_v, wd_v) in zip(small, momentum, views, strict=True):
                     for a, b in decayed:  # grad + wd * p, as torch.optim.SGD, where wd != 0
                         p.grad[a:b].add_(wd_v[a:b] * p[a:b])
                     buf.mul_(schedule.momentum).add_(p.grad)
                     p.sub_(factor * lr_v * buf)
+                if trains_weight:  # buf = momentum * buf + dL/dW (+ wd * W), then W -= lr * buf
+                    weight_buf.view(groups * k_out, dim).addmm_(z.grad.t(), xin, beta=schedule.momentum)
+                    if norms is not None:  # d||w_k|| / dw_k = w_k / ||w_k||
+                        weight_buf.addcmul_((norms.grad / norms.detach().clamp_min(1e-12)).unsqueeze(2), weight)
+                    for a, b in decayed:
+                        weight_buf[a:b].addcmul_(wd_w[a:b], weight[a:b])
+                    weight.addcmul_(factor * lr_w, weight_buf, value=-1.0)
                 for a, b in bounded:
-                    max_norm_(head.weight[a:b], bound[a:b])
+                    max_norm_(weight[a:b], bound[a:b])
             step += 1
             if on_step is not None:
                 on_step()
