@@ -31,7 +31,7 @@ from lort.io import write_json
 from lort.runtime.precision import cpu_capability
 from lort.stage2.compare import compare
 from lort.stage2.methods import resolve_methods
-from lort.stage2.plan import make_plan, matmul_rate
+from lort.stage2.plan import make_plan, matmul_rate, step_costs
 from lort.stage2.schedule import DEFAULT_BUDGET, DEFAULT_LRS, Schedule
 
 
@@ -59,7 +59,7 @@ def measure(name: str, fs: FeatureSet) -> dict:
     methods = resolve_methods(["all"])
     schedule = Schedule()
     plan = make_plan(methods, fs, schedule, DEFAULT_LRS, budget=DEFAULT_BUDGET)  # lort compare's default
-    before = matmul_rate(plan)
+    before, costs = matmul_rate(plan), step_costs()
     t0 = time.perf_counter()
     results = compare(fs, methods, schedule, DEFAULT_LRS, plan=plan, budget=DEFAULT_BUDGET)
     total = time.perf_counter() - t0
@@ -79,9 +79,10 @@ def measure(name: str, fs: FeatureSet) -> dict:
         "mm_gflop_s": rate / 1e9,
         "ratio_to_mm": achieved / rate,
         "outside_methods_s": total - in_methods,
+        "predicted_at_least_s": plan.predicted_seconds(rate, costs),
     }
     print(f"\n{name}")
-    print(plan.describe(rate))
+    print(plan.describe(rate, costs))
     print(
         f"  compare --methods all: {total:.1f} s; achieved {achieved / 1e9:.1f} GFLOP/s vs torch.mm same shapes "
         f"{rate / 1e9:.1f} GFLOP/s -> {100 * achieved / rate:.0f}% of the same-shape rate; time outside the "

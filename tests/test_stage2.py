@@ -581,3 +581,18 @@ def test_large_heap_blocks_are_returned_unless_the_user_set_the_threshold(monkey
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
     glibc = sys.platform.startswith("linux") and "glibc" in " ".join(__import__("platform").libc_ver())
     assert return_large_blocks.__wrapped__() is glibc
+
+
+def test_the_plan_predicts_matrix_work_plus_measured_per_step_overhead(toy):
+    from lort.stage2.plan import StepCosts, make_plan, step_costs
+
+    methods = [METHODS[m] for m in ("ce", "lort_reference", "wb", "crt")]
+    plan = make_plan(methods, toy, Schedule(epochs=2), (5e-3, 5e-2), budget=6, seeds=2)
+    costs = StepCosts(step=1e-3, loss=5e-4)
+    per_pass = {tuple(p.methods): p for p in plan.passes}
+    assert set(per_pass) == {("ce", "lort_reference", "wb"), ("crt",)}
+    expected = plan.flop / 1e9 + plan.steps_per_epoch * 2 * 2 * ((1e-3 + 2 * 5e-4) + 1e-3)
+    assert plan.predicted_seconds(1e9, costs) == pytest.approx(expected)
+    assert "predicted: at least" in plan.describe(1e9, costs)
+    measured = step_costs(steps=5)
+    assert measured.step > 0 and measured.loss >= 0

@@ -337,7 +337,7 @@ def _budget(text: str) -> int | None:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .stage2.compare import check_fixed
     from .stage2.methods import resolve_methods
-    from .stage2.plan import make_plan, matmul_rate
+    from .stage2.plan import make_plan, matmul_rate, step_costs
     from .stage2.schedule import check_comparison
     from .stage2.workflow import load_feature_source, run_compare
 
@@ -352,7 +352,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     src = load_feature_source(args.features, args.checkpoint, args.root, args.views, args.mode, args.bn_mode, args.seed)
     budget = None if args.memory_budget is None else int(args.memory_budget * 2**20)
     plan = make_plan(resolved, src.features, schedule, lrs, fixed, budget, budget=fits, seeds=args.seeds)
-    print(plan.describe(matmul_rate(plan)), file=sys.stderr)
+    print(plan.describe(matmul_rate(plan), step_costs()), file=sys.stderr)
     if args.dry_run:
         return 0
     _, path = run_compare(

@@ -57,6 +57,19 @@ class Pass:
 
 
 @dataclass
+class StepCosts:
+    """Seconds a step of the loop costs beyond its matrix work on this machine, measured on
+    a tiny head: ``step`` for a pass with one method's loss, ``loss`` for each further
+    method's loss fused into the same pass (small sets are all this overhead)."""
+
+    step: float
+    loss: float
+
+    def pass_seconds(self, methods: int) -> float:
+        return self.step + self.loss * max(0, methods - 1)
+
+
+@dataclass
 class Plan:
     num_classes: int
     dim: int
@@ -94,7 +107,18 @@ class Plan:
         widest = max((p.settings for p in self.passes), default=0)
         return self.feature_bytes + widest * setting_bytes(self.num_classes, self.dim, self.batch_size)
 
-    def describe(self, rate: float | None = None) -> str:
+    @property
+    def steps(self) -> int:
+        """Optimisation steps of one pass (all seeds)."""
+        return self.steps_per_epoch * self.epochs * self.seeds
+
+    def predicted_seconds(self, rate: float, costs: StepCosts | None = None) -> float:
+        """The matrix work at ``rate`` FLOP/s plus, given ``costs``, every pass's per-step
+        overhead: a lower bound (``costs`` are measured with the cheapest loss)."""
+        overhead = 0.0 if costs is None else self.steps * sum(costs.pass_seconds(len(p.methods)) for p in self.passes)
+        return self.flop / rate + overhead
+
+    def describe(self, rate: float | None = None, costs: StepCosts | None = None) -> str:
         lines = [
             f"plan: {self.settings} settings in {len(self.passes)} passes of the loop, {self.epochs} epochs x "
             f"{self.steps_per_epoch} steps (batch {self.batch_size}); K = {self.num_classes}, D = {self.dim}, "
@@ -111,7 +135,15 @@ class Plan:
         ]
         for p in self.passes:
             lines.append(f"      pass: {', '.join(p.methods)} ({p.settings} settings, {p.sampler} sampling)")
-        if rate:
+        if rate and costs is not None:
+            total = self.predicted_seconds(rate, costs)
+            lines.append(
+                f"      predicted: at least {total:,.0f} s = {self.flop / rate:,.0f} s of matrix work at this machine's "
+                f"same-shape matrix-multiply rate ({rate / 1e9:.1f} GFLOP/s) + {total - self.flop / rate:,.0f} s of "
+                f"per-step overhead ({1e3 * costs.step:.2f} ms a step, {1e3 * costs.loss:.2f} ms per further method "
+                "in a pass, measured with plain cross-entropy: heavier losses and heads cost more)"
+            )
+        elif rate:
             lines.append(
                 f"      predicted: {self.flop / rate:,.0f} s of matrix work at this machine's same-shape "
                 f"matrix-multiply rate ({rate / 1e9:.1f} GFLOP/s), plus per-step overhead"
@@ -199,3 +231,33 @@ def matmul_rate(plan: Plan, device: torch.device | str = "cpu", seconds: float =
             calls += 1
         best = max(best, flop * calls / spent)
     return best
+
+
+def step_costs(device: torch.device | str = "cpu", steps: int = 60) -> StepCosts:
+    """:class:`StepCosts` measured here: the loop on a tiny head (K = 2, D = 2, one setting
+    per method) with one, then three cross-entropy losses fused, ``steps`` steps each; the
+    best of three tries (the machine's speed drifts)."""
+    from .heads import LinearHead
+    from .losses import grouped_cross_entropy
+    from .trainer import fit_head
+
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64 * steps, 2, generator=gen).to(device)
+    y = (torch.arange(64 * steps) % 2).to(device)
+    schedule = Schedule(epochs=1)
+
+    def timed(methods: int) -> float:
+        def loss(logits, labels, epoch):
+            return torch.cat([grouped_cross_entropy(logits[g : g + 1], labels) for g in range(methods)])
+
+        best = float("inf")
+        for _ in range(3):
+            head = LinearHead(torch.zeros(2, 2, device=device), torch.zeros(2, device=device), methods)
+            t0 = time.perf_counter()
+            fit_head(head, x, y, loss, schedule)
+            best = min(best, (time.perf_counter() - t0) / steps)
+        return best
+
+    one, three = timed(1), timed(3)
+    return StepCosts(step=one, loss=max(0.0, (three - one) / 2))
