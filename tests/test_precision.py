@@ -93,3 +93,20 @@ def test_stage2_flushes_subnormals_inside_and_restores_the_callers_setting(calle
         assert P._flushing_denormals() == caller_flushes
     finally:
         torch.set_flush_denormal(False)
+
+
+def test_tf32_matmuls_only_on_gpus_that_have_them_and_restores_the_setting(monkeypatch):
+    import torch
+
+    from lort.runtime.precision import tf32_matmuls
+
+    before = torch.backends.cuda.matmul.allow_tf32
+    with tf32_matmuls("cpu") as used:
+        assert used is False and torch.backends.cuda.matmul.allow_tf32 == before
+    for capability, expected in (((7, 5), False), ((8, 0), True), ((9, 0), True)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        with tf32_matmuls("cuda") as used:
+            assert used is expected and torch.backends.cuda.matmul.allow_tf32 is expected
+        assert torch.backends.cuda.matmul.allow_tf32 is False  # restored
+    torch.backends.cuda.matmul.allow_tf32 = before

@@ -183,3 +183,21 @@ def flushing_denormals(fn):
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def tf32_matmuls(device):
+    """Inside the block, float32 matrix products on a CUDA device of capability 8.0 or
+    later (Ampere, Hopper) run on its TF32 tensor cores; the caller's setting is restored.
+    On the CPU and older GPUs nothing changes. Stage 2's classifiers train in float32;
+    TF32 keeps float32's range with a 10-bit mantissa in the products only."""
+    device = torch.device(device)
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 8:
+        yield False
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield True
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import LortError
 from ..models.base import max_norm_
-from ..runtime.precision import flushing_denormals
+from ..runtime.precision import flushing_denormals, tf32_matmuls
 from .schedule import Schedule, check_lrs
 
 
@@ -107,7 +107,8 @@ def fit_head(
     ``score_fn(head)`` returns each classifier's validation score; each classifier keeps
     the weights of its best epoch (the first on ties). Returns the head and the scores
     as an ``(epochs, G)`` array (empty without ``score_fn``). Subnormal floats are flushed
-    to zero while it runs; the caller's setting is restored. ``on_step()`` is called after
+    to zero while it runs, and on a GPU with TF32 tensor cores the matrix products use them
+    (:func:`lort.runtime.precision.tf32_matmuls`); the caller's settings are restored. ``on_step()`` is called after
     every optimisation step (a progress bar)."""
     source = x if hasattr(x, "batch") else CachedFeatures(x)
     params = [p for p in head.parameters() if p.requires_grad]
@@ -143,59 +144,60 @@ def fit_head(
     # at large K x D: weight decay and MaxNorm run only on the runs of settings that have them.
     decayed = _runs(wd_g != 0)
     bounded = [] if bound is None else _runs(torch.isfinite(bound.view(-1)))
-    for epoch in range(schedule.epochs):
-        order = epoch_order(labels_np, sampler, gen, k).to(y.device)
-        head.train()
-        for start in range(0, n, schedule.batch_size):
-            idx = order[start : start + schedule.batch_size]
-            xin = head.inputs(source.batch(idx, epoch))
-            # The matrix product of all G classifiers without autograd: its gradient for the
-            # weights is one more matrix product, accumulated into the momentum below.
-            with torch.no_grad():
-                z = head.products(xin)
-            z.requires_grad_(True)
-            norms = None
-            if head.uses_norms:
-                norms = weight.detach().norm(dim=2).requires_grad_(trains_weight)
-            logits = head.finish(z.view(len(xin), groups, k_out).transpose(0, 1), norms)
-            loss = loss_fn(logits, y[idx], epoch).sum()
-            if not torch.isfinite(loss):
-                raise LortError(
-                    f"stage-2 loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate "
-                    f"(now {lr_g.tolist()}) or check the features for extreme values"
-                )
-            for p in small:
-                p.grad = None
-            loss.backward()
-            factor = 0.5 * (1.0 + math.cos(math.pi * step / total))
-            with torch.no_grad():
-                for p, buf, (lr_v, wd_v) in zip(small, momentum, views, strict=True):
-                    for a, b in decayed:  # grad + wd * p, as torch.optim.SGD, where wd != 0
-                        p.grad[a:b].add_(wd_v[a:b] * p[a:b])
-                    buf.mul_(schedule.momentum).add_(p.grad)
-                    p.sub_(factor * lr_v * buf)
-                if trains_weight:  # buf = momentum * buf + dL/dW (+ wd * W), then W -= lr * buf
-                    weight_buf.view(groups * k_out, dim).addmm_(z.grad.t(), xin, beta=schedule.momentum)
-                    if norms is not None:  # d||w_k|| / dw_k = w_k / ||w_k||
-                        weight_buf.addcmul_((norms.grad / norms.detach().clamp_min(1e-12)).unsqueeze(2), weight)
-                    for a, b in decayed:
-                        weight_buf[a:b].addcmul_(wd_w[a:b], weight[a:b])
-                    weight.addcmul_(factor * lr_w, weight_buf, value=-1.0)
-                for a, b in bounded:
-                    max_norm_(weight[a:b], bound[a:b])
-            step += 1
-            if on_step is not None:
-                on_step()
-        if score_fn is not None:
-            head.eval()
-            with torch.no_grad():
-                score = score_fn(head)
-            scores.append(score.cpu().numpy())
-            better = score > best_score
-            if better.any():
-                best_score = torch.where(better, score, best_score)
-                for name, t in head.state_dict().items():
-                    best_state[name][better] = t[better]
+    with tf32_matmuls(device):  # GPUs with TF32 tensor cores use them for the products
+        for epoch in range(schedule.epochs):
+            order = epoch_order(labels_np, sampler, gen, k).to(y.device)
+            head.train()
+            for start in range(0, n, schedule.batch_size):
+                idx = order[start : start + schedule.batch_size]
+                xin = head.inputs(source.batch(idx, epoch))
+                # The matrix product of all G classifiers without autograd: its gradient for the
+                # weights is one more matrix product, accumulated into the momentum below.
+                with torch.no_grad():
+                    z = head.products(xin)
+                z.requires_grad_(True)
+                norms = None
+                if head.uses_norms:
+                    norms = weight.detach().norm(dim=2).requires_grad_(trains_weight)
+                logits = head.finish(z.view(len(xin), groups, k_out).transpose(0, 1), norms)
+                loss = loss_fn(logits, y[idx], epoch).sum()
+                if not torch.isfinite(loss):
+                    raise LortError(
+                        f"stage-2 loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate "
+                        f"(now {lr_g.tolist()}) or check the features for extreme values"
+                    )
+                for p in small:
+                    p.grad = None
+                loss.backward()
+                factor = 0.5 * (1.0 + math.cos(math.pi * step / total))
+                with torch.no_grad():
+                    for p, buf, (lr_v, wd_v) in zip(small, momentum, views, strict=True):
+                        for a, b in decayed:  # grad + wd * p, as torch.optim.SGD, where wd != 0
+                            p.grad[a:b].add_(wd_v[a:b] * p[a:b])
+                        buf.mul_(schedule.momentum).add_(p.grad)
+                        p.sub_(factor * lr_v * buf)
+                    if trains_weight:  # buf = momentum * buf + dL/dW (+ wd * W), then W -= lr * buf
+                        weight_buf.view(groups * k_out, dim).addmm_(z.grad.t(), xin, beta=schedule.momentum)
+                        if norms is not None:  # d||w_k|| / dw_k = w_k / ||w_k||
+                            weight_buf.addcmul_((norms.grad / norms.detach().clamp_min(1e-12)).unsqueeze(2), weight)
+                        for a, b in decayed:
+                            weight_buf[a:b].addcmul_(wd_w[a:b], weight[a:b])
+                        weight.addcmul_(factor * lr_w, weight_buf, value=-1.0)
+                    for a, b in bounded:
+                        max_norm_(weight[a:b], bound[a:b])
+                step += 1
+                if on_step is not None:
+                    on_step()
+            if score_fn is not None:
+                head.eval()
+                with torch.no_grad():
+                    score = score_fn(head)
+                scores.append(score.cpu().numpy())
+                better = score > best_score
+                if better.any():
+                    best_score = torch.where(better, score, best_score)
+                    for name, t in head.state_dict().items():
+                        best_state[name][better] = t[better]
     if score_fn is not None:
         head.load_state_dict(best_state)
     head.eval()
