@@ -64,7 +64,7 @@ def main():
             methods, fs, schedule, DEFAULT_LRS, budget_bytes=int(args.budget_gib * 2**30),
             budget=DEFAULT_BUDGET, seeds=DEFAULT_SEEDS,
         )  # fmt: skip
-        rate = matmul_rate(plan)
+        rate = matmul_rate(plan, rounds=5)
         print(f"\n{name}\n{plan.describe(rate)}")
         out.append(
             {

@@ -59,11 +59,11 @@ def measure(name: str, fs: FeatureSet) -> dict:
     methods = resolve_methods(["all"])
     schedule = Schedule()
     plan = make_plan(methods, fs, schedule, DEFAULT_LRS, budget=DEFAULT_BUDGET)  # lort compare's default
-    before, costs = matmul_rate(plan), step_costs()
+    before, costs = matmul_rate(plan, rounds=5), step_costs()
     t0 = time.perf_counter()
     results = compare(fs, methods, schedule, DEFAULT_LRS, plan=plan, budget=DEFAULT_BUDGET)
     total = time.perf_counter() - t0
-    rate = max(before, matmul_rate(plan))  # the machine's speed drifts: the higher of before and after
+    rate = max(before, matmul_rate(plan, rounds=5))  # the machine's speed drifts: the higher of before and after
     achieved = plan.flop / total
     in_methods = sum(r.time_s for r in results)
     out = {

@@ -558,16 +558,16 @@ def test_the_loop_equals_autograd_and_torch_sgd_for_every_head_kind(kind):
 
 
 def test_npz_written_block_by_block_reads_back_and_a_short_one_leaves_nothing(tmp_path):
-    from lort.io import load_npz, save_npz_blocks
+    from lort.io import load_npz, save_npz
 
     a = np.arange(60, dtype=np.float32).reshape(12, 5)
     path = tmp_path / "b.npz"
-    save_npz_blocks(path, logits=(a.shape, np.float32, (a[i : i + 5] for i in range(0, 12, 5))), labels=np.arange(12))
+    save_npz(path, logits=(a.shape, np.float32, (a[i : i + 5] for i in range(0, 12, 5))), labels=np.arange(12))
     with np.load(path) as d:
         assert np.array_equal(d["logits"], a) and np.array_equal(d["labels"], np.arange(12))
     assert np.array_equal(load_npz(path)["logits"], a)
     with pytest.raises(ValueError, match="blocks held 10 values"):
-        save_npz_blocks(tmp_path / "short.npz", logits=((3, 5), np.float32, iter([a[:2]])))
+        save_npz(tmp_path / "short.npz", logits=((3, 5), np.float32, iter([a[:2]])))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.npz"]  # no partial or temporary file left
 
 

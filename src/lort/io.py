@@ -12,7 +12,9 @@ import hashlib
 import json
 import os
 import signal
+import struct
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,23 +105,16 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, to_json(obj))
 
 
-def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-
-def save_npz_blocks(path: str | os.PathLike, **arrays) -> None:
-    """An uncompressed ``.npz`` like :func:`save_npz`, where an array may also be given as
-    ``(shape, dtype, blocks)``: its rows are written block by block as ``blocks`` yields
-    them, so that it never exists whole in memory (e.g. the logits of a large split)."""
-    import zipfile
-
+def save_npz(path: str | os.PathLike, **arrays) -> None:
+    """An uncompressed ``.npz`` (as ``np.savez`` writes it), written atomically. An array may
+    also be given as ``(shape, dtype, blocks)``: its rows are written block by block as
+    ``blocks`` yields them, so that it never exists whole in memory (e.g. the logits of a
+    large split)."""
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name, value in arrays.items():
             with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
                 if not isinstance(value, tuple):
-                    np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+                    np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=True)  # as np.savez
                     continue
                 shape, dtype, blocks = value
                 dtype = np.dtype(dtype)
@@ -161,9 +156,6 @@ def load_npz(path: str | os.PathLike, mapped: bool = True) -> dict[str, np.ndarr
 
 def _mapped_member(path, raw, info) -> np.ndarray | None:
     """The array of zip member ``info``, memory-mapped, or None where it cannot be."""
-    import struct
-    import zipfile
-
     if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
         return None
     raw.seek(info.header_offset)

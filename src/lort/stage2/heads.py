@@ -152,6 +152,8 @@ class CentredHead(Head):
     cannot win, as it can with a bias. Deep features of many dimensions rarely look like
     that; for such data use the paper's recipe (``lort_reference``)."""
 
+    uses_norms = True
+
     def __init__(
         self,
         weight: torch.Tensor,
@@ -183,23 +185,21 @@ class CentredHead(Head):
         log_scale = torch.log(weight.norm(dim=1).mean().clamp_min(1e-12) * spread)
         return cls(weight, center, spread, log_scale, groups)
 
-    def _effective(self) -> tuple[torch.Tensor, torch.Tensor]:
-        w = F.normalize(self.weight, dim=2) * (self.log_scale.exp() / self.spread).view(-1, 1, 1)
-        b = -torch.bmm(w, self.center.unsqueeze(2)).squeeze(2)
-        return w, b
+    def class_scales(self, norms: torch.Tensor) -> torch.Tensor:
+        """``(G, K)``: what each class's product with the centred features is multiplied by,
+        ``e^a / (r ||w_k||)`` (unit-norm directions, the logit scale, the features' spread)."""
+        return (self.log_scale.exp() / self.spread).unsqueeze(1) / norms.clamp_min(1e-12)
 
     def linear_params(self) -> tuple[torch.Tensor, torch.Tensor]:
-        w, b = self._effective()
-        return w.detach(), b.detach()
-
-    uses_norms = True
+        with torch.no_grad():
+            w = self.weight * self.class_scales(self.weight.norm(dim=2)).unsqueeze(2)
+            return w, -torch.bmm(w, self.center.unsqueeze(2)).squeeze(2)
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         return x - self.center[0]  # every classifier of a head shares the centre (checked when built)
 
     def finish(self, z: torch.Tensor, norms: torch.Tensor | None) -> torch.Tensor:
-        scale = (self.log_scale.exp() / self.spread).unsqueeze(1) / norms.clamp_min(1e-12)  # (G, K)
-        return z * scale.unsqueeze(1)
+        return z * self.class_scales(norms).unsqueeze(1)
 
     def select(self, g: int) -> CentredHead:
         return CentredHead(self.weight[g], self.center[g], self.spread[g], self.log_scale[g])
@@ -214,13 +214,12 @@ class CosineHead(Head):
     """``scale * cos(x, W_k)``: normalised features and weights (LDAM's classifier, NCM)."""
 
     plain_linear = False  # linear only in L2-normalised features
+    uses_norms = True
 
     def __init__(self, weight: torch.Tensor, scale: float = 30.0, trainable: bool = True, groups: int = 1):
         super().__init__()
         self.weight = nn.Parameter(stacked(weight, groups, 2), requires_grad=trainable)
         self.scale = scale
-
-    uses_norms = True
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=1)

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..analysis.tables import format_cell, markdown_table
 from ..data.features import FeatureSet
-from ..io import save_npz, save_npz_blocks, write_json, write_text
+from ..io import save_npz, write_json, write_text
 from ..layout import CompareRun
 from .compare import MethodResult, logit_blocks
 
@@ -206,7 +206,7 @@ def write_leaderboard(
                 arrays[f"{split}_logits"] = ((len(x), fs.num_classes), np.float32, logit_blocks(r.head, x))
                 arrays[f"{split}_labels"] = y
         arrays["train_counts"] = fs.train_counts
-        save_npz_blocks(run.logits(r.method), **arrays)  # the logits written block by block
+        save_npz(run.logits(r.method), **arrays)  # the logits written block by block
         if hasattr(r.head, "linear_params"):
             w, b = r.head.linear_params()
             save_npz(run.classifier(r.method), weight=w[0].cpu().numpy(), bias=b[0].cpu().numpy())

@@ -206,11 +206,12 @@ def make_plan(
     return plan
 
 
-def matmul_rate(plan: Plan, device: torch.device | str = "cpu", seconds: float = 0.3, rounds: int = 5) -> float:
+def matmul_rate(plan: Plan, device: torch.device | str = "cpu", seconds: float = 0.3, rounds: int = 1) -> float:
     """FLOP/s that ``torch.mm`` reaches here for the loop's shapes: the logits of the widest
     pass (batch x D times D x G*K) and its weight gradient (G*K x batch times batch x D).
-    The best of ``rounds`` rounds of at least ``seconds`` each: the rate the machine can
-    reach for these shapes, not one slowed by a neighbour's burst."""
+    The best of ``rounds`` rounds of at least ``seconds`` each (benchmarks take several: the
+    rate the machine can reach for these shapes, not one slowed by a neighbour's burst;
+    ``lort compare`` takes one, to keep its start quick)."""
     device = torch.device(device)
     g = max((p.settings for p in plan.passes), default=1)
     b, d, k = plan.batch_size, plan.dim, plan.num_classes
