@@ -88,3 +88,24 @@ def test_bad_budget_or_seeds_is_one_line_and_exit_2(tmp_path, toy, capsys, flag,
     err = capsys.readouterr().err.strip()
     assert code == 2 and value in err and "\n" not in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_verdict_lists_the_methods_tied_with_the_best_but_not_the_best_itself():
+    from lort.analysis.uncertainty import Difference
+    from lort.stage2.compare import MethodResult
+    from lort.stage2.leaderboard import verdict
+
+    def result(name, acc, diff, low, high):
+        r = MethodResult(name, name, {}, 1, None, 0.0, head=None, test={"acc": acc})
+        r.difference = Difference("mislas", diff, low, high)
+        return r
+
+    text = verdict(
+        [
+            result("mislas", 0.47, 0.0, 0.0, 0.0),
+            result("crt", 0.465, -0.005, -0.01, 0.002),
+            result("lort", 0.37, -0.10, -0.11, -0.09),
+        ]
+    )
+    assert text.startswith("LORT is below the best method, mislas")
+    assert text.endswith("Tied with the best: crt.")

@@ -69,7 +69,11 @@ def verdict(results: list[MethodResult], ours: str = "lort") -> str:
     d = me.difference
     if d is None:  # no interval (results not from compare)
         return f"LORT: {acc:.2f}% test accuracy ({over})."
-    tied = [r.method for r in _ranked(counted) if r.difference is not None and r.difference.tied and r.method != ours]
+    tied = [  # other methods tied with the best (the best itself, difference 0, is named apart)
+        r.method
+        for r in _ranked(counted)
+        if r.difference is not None and r.difference.tied and r.method not in (ours, d.best)
+    ]
     lo, hi = 100 * d.low, 100 * d.high
     count = f"{len(results)} rows, {len(counted)} distinct methods"
     if d.best == ours:
