@@ -511,11 +511,13 @@ def test_centre_and_spread_in_blocks_equals_the_whole():
     assert torch.equal(s, (x - x.mean(0)).pow(2).sum(1).mean().sqrt())
 
 
+@pytest.mark.parametrize("closed_form", [True, False])
 @pytest.mark.parametrize("kind", ["linear", "centred", "cosine", "lws"])
-def test_the_loop_equals_autograd_and_torch_sgd_for_every_head_kind(kind):
-    """The loop computes the weight gradient itself (one matrix product folded into the
-    momentum); every head kind must train as autograd through ``head(x)`` and
-    ``torch.optim.SGD`` (momentum, weight decay, cosine schedule) train it."""
+def test_the_loop_equals_autograd_and_torch_sgd_for_every_head_kind(kind, closed_form):
+    """The loop computes the gradients itself (the loss's for the logits in closed form, or
+    by autograd for a plain callable; back through the head's finish; the weight gradient
+    as one matrix product folded into the momentum); every head kind must train as autograd
+    through ``head(x)`` and ``torch.optim.SGD`` (momentum, weight decay, cosine schedule)."""
     import math
 
     from lort.stage2.heads import CentredHead, CosineHead, LWSHead
@@ -534,7 +536,7 @@ def test_the_loop_equals_autograd_and_torch_sgd_for_every_head_kind(kind):
     def loss(lg, yy, e):
         return L.grouped_cross_entropy(lg, yy)
 
-    head, _ = fit_head(build(), x, y, loss, sched)
+    head, _ = fit_head(build(), x, y, L.SoftCrossEntropy(1, 5) if closed_form else loss, sched)
     ref = build()
     params = [p for p in ref.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=sched.lr, momentum=sched.momentum, weight_decay=sched.weight_decay)
@@ -596,3 +598,101 @@ def test_the_plan_predicts_matrix_work_plus_measured_per_step_overhead(toy):
     assert "predicted: at least" in plan.describe(1e9, costs)
     measured = step_costs(steps=5)
     assert measured.step > 0 and measured.loss >= 0
+
+
+def _loss_cases(g, k, y, dtype=torch.float32):
+    """(closed-form loss, the same loss as a plain function for autograd), per loss family."""
+    gen = torch.Generator().manual_seed(5)
+    prior = torch.log(torch.rand(k, generator=gen, dtype=dtype) + 0.1)
+    eps = torch.rand(g, k, generator=gen, dtype=dtype) * 0.5
+    w = torch.rand(g, k, generator=gen, dtype=dtype) + 0.5
+    m = torch.rand(k, generator=gen, dtype=dtype) * 5
+    gamma = torch.tensor([0.0, 0.5, 1.0, 2.0], dtype=dtype)[:g]
+    onehot = F.one_hot(y, k).to(dtype)
+
+    def smoothed(lg):
+        e = eps[:, y].unsqueeze(2)
+        return L.grouped_soft_cross_entropy(lg, (1 - e) * onehot + e / k)
+
+    return {
+        "ce": (L.SoftCrossEntropy(g, k), lambda lg: L.grouped_cross_entropy(lg, y)),
+        "smoothed": (L.SoftCrossEntropy(g, k, smoothing=eps), smoothed),
+        "offset": (L.SoftCrossEntropy(g, k, offset=prior), lambda lg: L.grouped_cross_entropy(lg + prior, y)),
+        "reweighted": (
+            L.SoftCrossEntropy(g, k, class_weight=w, by_batch=True),
+            lambda lg: L.grouped_cross_entropy(lg, y, w, reduction="batch"),
+        ),
+        "margin": (
+            L.SoftCrossEntropy(g, k, margin=m, class_weight=w[0]),
+            lambda lg: L.grouped_cross_entropy(lg - (onehot * m[y][:, None]).unsqueeze(0), y, w[0]),
+        ),
+        "focal": (L.FocalLoss(gamma), lambda lg: L.grouped_focal(lg, y, gamma)),
+        "wb": (L.CBSoftmaxBCE(w[0]), lambda lg: L.grouped_cb_softmax_bce(lg, y, w[0])),
+    }
+
+
+@pytest.mark.parametrize("scale", [1.0, 10.0])
+def test_closed_form_losses_equal_autograd(scale):
+    """Each loss family's value and gradient for the logits, in closed form, equal autograd
+    through the plain definition (float64: the formulas, not float32's roundings near p = 1)."""
+    g, b, k = 4, 24, 7
+    torch.manual_seed(0)
+    y = torch.randint(0, k, (b,))
+    logits = (torch.randn(g, k, b) * scale).transpose(1, 2).double()  # class-major, as in the loop
+    for name, (closed, plain) in _loss_cases(g, k, y, torch.float64).items():
+        value, grad = closed.value_and_grad(logits.clone(), y, 0)
+        want_value, want_grad = L.value_and_grad(lambda lg, yy, e, f=plain: f(lg), logits, y, 0)
+        assert torch.allclose(value, want_value, rtol=1e-9, atol=1e-12), name
+        assert torch.allclose(grad, want_grad, rtol=1e-9, atol=1e-12), name
+
+
+def test_a_fused_loss_equals_its_blocks_and_keeps_the_logits_layout():
+    g, b, k = 4, 24, 7
+    torch.manual_seed(1)
+    y = torch.randint(0, k, (b,))
+    cases = _loss_cases(g, k, y)
+    order = ["ce", "smoothed", "wb", "offset", "reweighted", "focal", "margin"]
+    logits = torch.randn(g * len(order), k, b).transpose(1, 2)
+    fused = L.FusedLoss([cases[n][0] for n in order], [g] * len(order))
+    assert len(fused.blocks) == 5  # ce + smoothed, wb, offset + reweighted, focal, margin
+    value, grad = fused.value_and_grad(logits, y, 0)
+    assert grad.stride() == logits.stride()
+    for i, name in enumerate(order):
+        v, gr = cases[name][0].value_and_grad(logits[i * g : (i + 1) * g], y, 0)
+        assert torch.equal(value[i * g : (i + 1) * g], v) and torch.equal(grad[i * g : (i + 1) * g], gr), name
+
+
+def test_ldam_reweights_from_its_deferred_epoch_only():
+    g, b, k = 2, 16, 5
+    y = torch.arange(b) % k
+    w = torch.rand(k) + 0.5
+    loss = L.SoftCrossEntropy(g, k, class_weight=w, reweight_from=3)
+    logits = torch.randn(g, b, k)
+    assert torch.equal(loss(logits, y, 2), L.SoftCrossEntropy(g, k)(logits, y, 2))
+    assert torch.allclose(loss(logits, y, 3), L.grouped_cross_entropy(logits, y, w))
+
+
+@pytest.mark.parametrize("kind", ["linear", "centred", "cosine", "lws"])
+def test_each_heads_closed_form_backward_equals_autograd(kind):
+    from lort.stage2.heads import CentredHead, CosineHead, Head, LWSHead
+
+    torch.manual_seed(2)
+    w, b, x = torch.randn(5, 8), torch.randn(5), torch.randn(16, 8)
+    head = {
+        "linear": lambda: LinearHead(w, b, 3),
+        "centred": lambda: CentredHead.from_classifier(w, x, 3),
+        "cosine": lambda: CosineHead(w, scale=10.0, groups=3),
+        "lws": lambda: LWSHead(w, b, 3),
+    }[kind]()
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # the settings differ
+    z = head.products(head.inputs(x))
+    norms = head.weight.norm(dim=2) if head.uses_norms else None
+    dlogits = torch.randn_like(z)
+    got = head.finish_backward(z, norms, dlogits)
+    got_grads = [p.grad.clone() for p in head.parameters() if p.requires_grad and p is not head.weight]
+    want = Head.finish_backward(head, z, norms, dlogits)
+    want_grads = [p.grad for p in head.parameters() if p.requires_grad and p is not head.weight]
+    for a, c in zip([*got, *got_grads], [*want, *want_grads], strict=True):
+        assert (a is None and c is None) or torch.allclose(a, c, rtol=1e-5, atol=1e-6), kind

@@ -19,7 +19,7 @@ from ..data.features import FeatureSet
 from ..errors import LortError
 from ..runtime.heap import return_large_blocks
 from .heads import Head, LinearHead, Standardised, centre_and_spread
-from .losses import grouped_cross_entropy
+from .losses import FusedLoss, SoftCrossEntropy
 from .methods import METHODS, FitContext, Method
 from .schedule import DEFAULT_BUDGET, DEFAULT_LRS, Schedule, check_comparison
 from .trainer import fit_head
@@ -110,7 +110,7 @@ def ce_classifier(fs: FeatureSet, schedule: Schedule, device=None) -> tuple[torc
         LinearHead(x.new_zeros(k, x.shape[1]), x.new_zeros(k), len(lrs)),
         Standardised(x, center, spread),
         y,
-        lambda logits, labels, epoch: grouped_cross_entropy(logits, labels),
+        SoftCrossEntropy(len(lrs), k, device=device),
         dataclasses.replace(schedule, epochs=max(schedule.epochs, 1)),
         score_fn=(lambda h: head_balanced_accuracy(h, xv, yv, k)) if has_val else None,
         lr=list(lrs),
@@ -277,19 +277,6 @@ def fusion_key(method: Method) -> tuple:
     return (method.sampler, method.head_class) if hasattr(method.head_class, "stack") else (method.name,)
 
 
-def _fused_loss(parts: list[Part]):
-    if len(parts) == 1:
-        return parts[0].loss
-    bounds = np.cumsum([0] + [len(p.indices) for p in parts])
-
-    def loss(logits, y, epoch):
-        return torch.cat(
-            [p.loss(logits[a:b], y, epoch) for p, a, b in zip(parts, bounds[:-1], bounds[1:], strict=True)]
-        )
-
-    return loss
-
-
 def _per_setting(parts: list[Part], attr: str, default: float) -> list[float] | None:
     values = [getattr(p, attr) for p in parts]
     if all(v is None for v in values):
@@ -345,12 +332,14 @@ def train_jobs(
             bar.set_description(f"stage 2: {names}")
         t0 = time.perf_counter()
         parts = [build_part(job, idx, ctx) for job, idx in units]
+        # losses of the cross-entropy family side by side merge into one computation (FusedLoss)
+        parts.sort(key=lambda p: not isinstance(p.loss, SoftCrossEntropy))
         head = parts[0].head if len(parts) == 1 else type(parts[0].head).stack([p.head for p in parts])
         head, curves = fit_head(
             head,
             ctx.x if train_source is None else train_source,
             ctx.y,
-            _fused_loss(parts),
+            FusedLoss([p.loss for p in parts], [len(p.indices) for p in parts]),
             schedule,
             units[0][0].method.sampler,
             score_fn=score_fn,

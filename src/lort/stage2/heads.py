@@ -43,16 +43,41 @@ class Head(nn.Module):
         """Logits ``(G, B, K)`` from the products ``z = inputs(x) @ weight.T``."""
         raise NotImplementedError
 
+    def finish_backward(
+        self, z: torch.Tensor, norms: torch.Tensor | None, dlogits: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Back through :meth:`finish`: given ``dlogits`` ``(G, B, K)``, set the ``.grad`` of the
+        small parameters and return the gradients for ``z`` and ``norms`` (``None`` where
+        the weights are not trained). The heads below give it in closed form; this default
+        asks autograd."""
+        small = [p for p in self.parameters() if p.requires_grad and p is not self.weight]
+        with torch.enable_grad():
+            zz = z.detach().requires_grad_(self.trains_weight)
+            nn_ = None if norms is None else norms.detach().requires_grad_(self.trains_weight)
+            leaves = [t for t in (zz, nn_) if t is not None and t.requires_grad] + small
+            grads = list(torch.autograd.grad(self.finish(zz, nn_), leaves, dlogits, allow_unused=True))
+        for p, grad in zip(small, grads[len(grads) - len(small) :], strict=True):
+            p.grad = torch.zeros_like(p) if grad is None else grad
+        if not self.trains_weight:
+            return None, None
+        return grads[0], (grads[1] if nn_ is not None else None)
+
     def products(self, xin: torch.Tensor) -> torch.Tensor:
-        """``inputs @ weight.T`` for every classifier, as one ``(B, G*K)`` matrix product."""
+        """``inputs @ weight.T`` of every classifier, ``(G, B, K)``, from ONE matrix product
+        ``(B, D) x (D, G*K)``, stored class-major (a view of a ``(G, K, B)`` tensor: one small
+        transposing copy). Element-wise work and reductions over the classes keep that layout
+        and run along the batch, several times faster than along rows of ``K`` numbers when
+        ``K`` is small, and the weights' gradient is that layout times the inputs with no
+        further copy (:func:`lort.stage2.trainer.fit_head`). The product is taken in this
+        orientation because its columns do not depend on how many classifiers share it:
+        settings trained side by side give bit for bit what they give alone."""
         g, k, d = self.weight.shape
-        return xin @ self.weight.reshape(g * k, d).t()
+        z = xin @ self.weight.reshape(g * k, d).t()
+        return z.t().contiguous().view(g, k, len(xin)).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xin = self.inputs(x)
-        g, k, _ = self.weight.shape
-        z = self.products(xin).view(len(xin), g, k).transpose(0, 1)
-        return self.finish(z, self.weight.norm(dim=2) if self.uses_norms else None)
+        z = self.products(self.inputs(x))
+        return self.finish(z, self.weight.norm(dim=2) if self.uses_norms else None).contiguous()
 
     def groups(self) -> int:
         return next(iter(self.state_dict().values())).shape[0]
@@ -76,6 +101,10 @@ class LinearHead(Head):
 
     def finish(self, z: torch.Tensor, norms: torch.Tensor | None) -> torch.Tensor:
         return z + self.bias.unsqueeze(1)
+
+    def finish_backward(self, z, norms, dlogits):
+        self.bias.grad = dlogits.sum(1)
+        return dlogits, None
 
     def linear_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.weight.detach(), self.bias.detach()
@@ -105,6 +134,10 @@ class LWSHead(Head):
     def finish(self, z: torch.Tensor, norms: torch.Tensor | None) -> torch.Tensor:
         return (z + self.bias.unsqueeze(1)) * self.scale.unsqueeze(1)
 
+    def finish_backward(self, z, norms, dlogits):
+        self.scale.grad = (dlogits * (z + self.bias.unsqueeze(1))).sum(1)
+        return None, None
+
     def linear_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         return (self.weight * self.scale.unsqueeze(2)).detach(), (self.bias * self.scale).detach()
 
@@ -132,10 +165,10 @@ class Standardised:
         return len(self.x)
 
     def batch(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:
-        return (self.x[idx] - self.center) / self.spread
+        return (self.x.index_select(0, idx) - self.center) / self.spread
 
     def __getitem__(self, rows) -> torch.Tensor:
-        return self.batch(rows, 0)
+        return (self.x[rows] - self.center) / self.spread
 
 
 class CentredHead(Head):
@@ -201,6 +234,12 @@ class CentredHead(Head):
     def finish(self, z: torch.Tensor, norms: torch.Tensor | None) -> torch.Tensor:
         return z * self.class_scales(norms).unsqueeze(1)
 
+    def finish_backward(self, z, norms, dlogits):
+        c = self.class_scales(norms)  # e^a / (r max(||w_k||, 1e-12))
+        dc = (dlogits * z).sum(1)
+        self.log_scale.grad = (dc * c).sum(1)
+        return dlogits * c.unsqueeze(1), -dc * c / norms.clamp_min(1e-12) * (norms >= 1e-12)
+
     def select(self, g: int) -> CentredHead:
         return CentredHead(self.weight[g], self.center[g], self.spread[g], self.log_scale[g])
 
@@ -226,6 +265,10 @@ class CosineHead(Head):
 
     def finish(self, z: torch.Tensor, norms: torch.Tensor | None) -> torch.Tensor:
         return self.scale * z / norms.clamp_min(1e-12).unsqueeze(1)
+
+    def finish_backward(self, z, norms, dlogits):
+        c = self.scale / norms.clamp_min(1e-12)
+        return dlogits * c.unsqueeze(1), -(dlogits * z).sum(1) * c / norms.clamp_min(1e-12) * (norms >= 1e-12)
 
     def linear_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Equivalent weights for normalised inputs: ``scale * W / ||W||`` and zero bias."""

@@ -10,6 +10,7 @@ from a K-independent ratio instead.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -179,3 +180,244 @@ def grouped_focal(logits: torch.Tensor, labels: torch.Tensor, gamma: torch.Tenso
     g, b, _ = logits.shape
     logp = F.log_softmax(logits, dim=2).gather(2, labels.view(1, b, 1).expand(g, b, 1)).squeeze(2)
     return (-((1.0 - logp.exp()) ** gamma.view(-1, 1)) * logp).mean(1)
+
+
+# ----------------------------------------------------------------------------- value and gradient
+# The loop needs each loss's gradient with respect to the logits only (the heads are linear
+# in their weights, lort.stage2.heads). The losses of the methods below give it in closed
+# form — no autograd graph, one fused computation for all settings of a pass; any other
+# loss (a callable) gets it from autograd (value_and_grad).
+
+
+class GroupedLoss:
+    """A loss of ``G`` classifiers: ``loss(logits (G, B, K), labels (B,), epoch) -> (G,)``,
+    with :meth:`value_and_grad` giving the gradient of the summed loss for the logits."""
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, epoch: int) -> torch.Tensor:
+        return self.value_and_grad(logits, labels, epoch)[0]
+
+    def value_and_grad(self, logits, labels, epoch) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+def value_and_grad(loss_fn, logits: torch.Tensor, labels: torch.Tensor, epoch: int):
+    """``(loss (G,), d loss.sum() / d logits (G, B, K))`` of any stage-2 loss: in closed
+    form for a :class:`GroupedLoss`, else by autograd through ``loss_fn``."""
+    if isinstance(loss_fn, GroupedLoss):
+        return loss_fn.value_and_grad(logits, labels, epoch)
+    with torch.enable_grad():
+        leaf = logits.detach().requires_grad_(True)
+        loss = loss_fn(leaf, labels, epoch)
+        (grad,) = torch.autograd.grad(loss.sum(), leaf)
+    return loss.detach(), grad
+
+
+def log_softmax_classes(logits: torch.Tensor) -> torch.Tensor:
+    """``log_softmax`` over the last dimension that keeps the input's memory layout. The loop's
+    logits are stored class-major (``(G, K, B)`` in memory, see :meth:`Head.products`), where
+    this runs several times faster than ``F.log_softmax`` for small ``K`` (which copies to
+    ``K``-innermost and then works along rows of only ``K`` numbers)."""
+    shifted = logits - logits.amax(2, keepdim=True)
+    return shifted.sub_(shifted.exp().sum(2, keepdim=True).log_())
+
+
+def _table(values, groups: int, num_classes: int, device, fill: float) -> torch.Tensor:
+    """A ``(G, K)`` table from ``None`` (``fill``, float32), a ``(K,)`` or a ``(G, K)`` tensor
+    (floating tensors keep their dtype)."""
+    if values is None:
+        return torch.full((groups, num_classes), fill, device=device)
+    t = torch.as_tensor(values, device=device)
+    t = t if t.is_floating_point() else t.float()
+    return (t.expand(groups, num_classes) if t.dim() == 1 else t).clone()
+
+
+class SoftCrossEntropy(GroupedLoss):
+    """Cross-entropy of ``G`` classifiers against label-smoothed targets, with per-class
+    logit offsets, true-class margins and class weights — the family of CE re-training,
+    LORT, cRT, Balanced Softmax, the logit-adjusted loss, class-balanced re-weighting,
+    label-aware smoothing and LDAM — as one computation with its closed-form gradient.
+
+    Per classifier ``g`` and sample ``(x, y)``: logits ``l + offset[g] - margin[g, y] e_y``;
+    target ``(1 - eps[g, y]) e_y + eps[g, y] / K``; loss weight ``w[g, y]`` (``class_weight``,
+    applied from epoch ``reweight_from[g]``; 1 before); the batch's weighted sum divided by
+    the summed weights, or by the batch size where ``by_batch[g]``. Every table is ``(K,)``
+    (shared) or ``(G, K)``; ``None`` is the plain value (0, or weight 1)."""
+
+    def __init__(
+        self,
+        groups: int,
+        num_classes: int,
+        *,
+        smoothing=None,
+        offset=None,
+        margin=None,
+        class_weight=None,
+        reweight_from=None,
+        by_batch=None,
+        device=None,
+    ) -> None:
+        self.groups, self.num_classes = groups, num_classes
+        args = (groups, num_classes, device)
+        self.smoothing = None if smoothing is None else _table(smoothing, *args, 0.0)
+        self.offset = None if offset is None else _table(offset, *args, 0.0)
+        self.margin = None if margin is None else _table(margin, *args, 0.0)
+        self.class_weight = None if class_weight is None else _table(class_weight, *args, 1.0)
+        start = 0 if reweight_from is None else reweight_from
+        self.reweight_from = [float(e) for e in start] if isinstance(start, list | tuple) else [float(start)] * groups
+        flags = bool(by_batch) if by_batch is None or isinstance(by_batch, bool) else by_batch
+        if isinstance(flags, bool):
+            self.by_batch = torch.full((groups,), flags, dtype=torch.bool, device=device)
+        else:
+            self.by_batch = torch.as_tensor(flags, dtype=torch.bool, device=device)
+        self._weights: tuple[int, torch.Tensor | None] | None = None
+
+    @classmethod
+    def cat(cls, losses: list[SoftCrossEntropy]) -> SoftCrossEntropy:
+        """One loss for the classifiers of ``losses`` side by side, in order."""
+        first = losses[0]
+        device = first.by_batch.device
+
+        def joined(name, fill):
+            if all(getattr(s, name) is None for s in losses):
+                return None
+            return torch.cat([_table(getattr(s, name), s.groups, s.num_classes, device, fill) for s in losses])
+
+        return cls(
+            sum(s.groups for s in losses),
+            first.num_classes,
+            smoothing=joined("smoothing", 0.0),
+            offset=joined("offset", 0.0),
+            margin=joined("margin", 0.0),
+            class_weight=joined("class_weight", 1.0),
+            reweight_from=[e for s in losses for e in s.reweight_from],
+            by_batch=torch.cat([s.by_batch for s in losses]),
+            device=device,
+        )
+
+    def weights(self, epoch: int) -> torch.Tensor | None:
+        """The ``(G, K)`` class weights in force at ``epoch`` (``None``: all 1)."""
+        if self.class_weight is None or all(epoch < e for e in self.reweight_from):
+            return None
+        if self._weights is None or self._weights[0] != epoch:
+            on = torch.tensor([epoch >= e for e in self.reweight_from], device=self.class_weight.device)
+            self._weights = (epoch, torch.where(on[:, None], self.class_weight, torch.ones_like(self.class_weight)))
+        return self._weights[1]
+
+    def value_and_grad(self, logits, labels, epoch):
+        g, b, k = logits.shape
+        idx = labels.view(1, b, 1).expand(g, b, 1)
+        if self.offset is not None:
+            logits = logits + self.offset.unsqueeze(1)
+        if self.margin is not None:
+            logits = logits.scatter_add(2, idx, self.margin.index_select(1, labels).unsqueeze(2).neg_())
+        # d/dlogits of -sum_k t_k log p_k is p - t (the target sums to 1)
+        grad, true, shifted, log_total = _softmax_pieces(logits, idx)  # p, log p_y (G, B)
+        if self.smoothing is None:
+            per_sample = true.neg()
+            grad.scatter_add_(2, idx, self._minus_ones(grad, b))
+        else:
+            eps = self.smoothing.index_select(1, labels).unsqueeze(2)  # (G, B, 1)
+            mean_logp = shifted.mean(2, keepdim=True).sub_(log_total)  # mean_k log p_k
+            per_sample = torch.lerp(true.unsqueeze(2), mean_logp, eps).squeeze(2).neg_()
+            grad.sub_(eps / k).scatter_add_(2, idx, eps - 1.0)
+        w = self.weights(epoch)
+        if w is None:
+            return per_sample.mean(1), grad.div_(b)
+        wy = w.index_select(1, labels)
+        norm = torch.where(self.by_batch, torch.full_like(wy[:, 0], b), wy.sum(1)).unsqueeze(1)
+        # multiplied by the weights, then divided by the norm: where the weights are all 1 this
+        # is bit for bit the unweighted path (settings fused with a weighted loss train as alone)
+        return (per_sample * wy).sum(1, keepdim=True).div_(norm).squeeze(1), grad.mul_(wy.unsqueeze(2)).div_(
+            norm.unsqueeze(2)
+        )
+
+    def _minus_ones(self, like: torch.Tensor, b: int) -> torch.Tensor:
+        """A cached ``(G, B, 1)`` tensor of -1 (the one-hot target, subtracted by scatter)."""
+        cached = getattr(self, "_ones", None)
+        if cached is None or cached.shape[1] != b or cached.device != like.device:
+            cached = self._ones = torch.full((self.groups, b, 1), -1.0, device=like.device, dtype=like.dtype)
+        return cached[: like.shape[0]]
+
+
+def _softmax_pieces(logits: torch.Tensor, idx: torch.Tensor):
+    """``(p, log p_y, logits - max, log sum exp(logits - max))`` with few passes over
+    ``logits`` (each keeps its memory layout; see :func:`log_softmax_classes`)."""
+    shifted = logits - logits.amax(2, keepdim=True)
+    p = shifted.exp()
+    total = p.sum(2, keepdim=True)
+    log_total = total.log()
+    return p.div_(total), (shifted.gather(2, idx) - log_total).squeeze(2), shifted, log_total
+
+
+class FocalLoss(GroupedLoss):
+    """Softmax focal loss ``-(1 - p_y)^gamma log p_y`` of ``G`` classifiers (``gamma`` ``(G,)``),
+    averaged over the batch, with its closed-form gradient."""
+
+    def __init__(self, gamma: torch.Tensor) -> None:
+        self.gamma = gamma
+
+    def value_and_grad(self, logits, labels, epoch):
+        g, b, k = logits.shape
+        idx = labels.view(1, b, 1).expand(g, b, 1)
+        p, u, _, _ = _softmax_pieces(logits, idx)  # u = log p_y
+        py = u.exp()
+        q = (1.0 - py).clamp_min_(0.0)
+        gamma = self.gamma.view(-1, 1)
+        qg = q.pow(gamma)
+        # dL/du = gamma (1 - p_y)^(gamma - 1) p_y u - (1 - p_y)^gamma; the first term is 0 where p_y = 1
+        first = torch.where(q > 0, gamma * q.pow(gamma - 1.0) * py * u, 0.0)
+        dldu = (first - qg).div_(b).unsqueeze(2)
+        grad = p.mul_(dldu.neg()).scatter_add_(2, idx, dldu)  # du/dlogits = e_y - p
+        return (qg * u).mean(1).neg_(), grad
+
+
+class CBSoftmaxBCE(GroupedLoss):
+    """Weight balancing's class-balanced loss of type "softmax" (see :func:`grouped_cb_softmax_bce`)
+    with its closed-form gradient, the clamps included."""
+
+    CAP = 1.0 - 1e-7  # p is capped here before log(1 - p); log(1 - CAP) ~ -16 never meets the -100 clamp
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight = weight
+
+    def value_and_grad(self, logits, labels, epoch):
+        g, b, k = logits.shape
+        idx = labels.view(1, b, 1).expand(g, b, 1)
+        p, logp_y, _, _ = _softmax_pieces(logits, idx)
+        capped = p.clamp(max=self.CAP)
+        minus = capped.neg()
+        log_not_p = minus.log1p()  # log(1 - p), >= log(1 - CAP)
+        not_p = minus.add_(1.0)
+        c = (self.weight.index_select(0, labels) / (b * k)).view(1, b)  # each term's weight
+        # bce summed over classes: -(log(1 - p_k) over k != y) - max(log p_y, -100)
+        others = log_not_p.sum(2) - log_not_p.gather(2, idx).squeeze(2)
+        loss = -((others + logp_y.clamp_min(-100.0)) * c).sum(1)
+        # d bce / d log p_k: p_k / (1 - p_k) for k != y (0 where p_k was capped); -1 for y (0 below -100)
+        dlogp = torch.where(p <= self.CAP, p / not_p, 0.0).mul_(c.unsqueeze(2))
+        dlogp.scatter_(2, idx, (-(logp_y >= -100.0).to(p.dtype) * c).unsqueeze(2))
+        return loss, dlogp.sub_(p * dlogp.sum(2, keepdim=True))  # back through the log-softmax
+
+
+class FusedLoss(GroupedLoss):
+    """The losses of consecutive blocks of classifiers (``sizes``) as one; neighbouring
+    :class:`SoftCrossEntropy` blocks merge into one computation."""
+
+    def __init__(self, losses: list, sizes: list[int]) -> None:
+        self.blocks: list[tuple[Any, int]] = []
+        for loss, size in zip(losses, sizes, strict=True):
+            last = self.blocks[-1][0] if self.blocks else None
+            if isinstance(loss, SoftCrossEntropy) and isinstance(last, SoftCrossEntropy):
+                self.blocks[-1] = (SoftCrossEntropy.cat([last, loss]), self.blocks[-1][1] + size)
+            else:
+                self.blocks.append((loss, size))
+
+    def value_and_grad(self, logits, labels, epoch):
+        if len(self.blocks) == 1:
+            return value_and_grad(self.blocks[0][0], logits, labels, epoch)
+        values, start = [], 0
+        grad = torch.empty_like(logits)  # the logits' memory layout (class-major in the loop), whatever the blocks'
+        for loss, size in self.blocks:
+            v, grad[start : start + size] = value_and_grad(loss, logits[start : start + size], labels, epoch)
+            values.append(v)
+            start += size
+        return torch.cat(values), grad

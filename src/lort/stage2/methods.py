@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import LortError
 from . import losses as L
@@ -105,7 +104,7 @@ class Method:
         return LinearHead(ctx.init_weight, ctx.init_bias, len(hps))
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
-        return lambda logits, y, epoch: L.grouped_cross_entropy(logits, y)
+        return L.SoftCrossEntropy(len(hps), ctx.num_classes, device=ctx.device)
 
     def max_norm(self, ctx: FitContext, hps: list[dict]) -> list[float] | None:
         return None
@@ -197,8 +196,8 @@ class LORT(Method):
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
         k = ctx.num_classes
-        smooth = ctx.tensor([self.smooth_value(hp, k) for hp in hps])
-        return lambda logits, y, epoch: L.grouped_soft_cross_entropy(logits, L.grouped_lort_target(y, k, smooth))
+        smooth = ctx.tensor([self.smooth_value(hp, k) for hp in hps]).view(-1, 1).expand(len(hps), k)
+        return L.SoftCrossEntropy(len(hps), k, smoothing=smooth, device=ctx.device)
 
     def settings(self, fixed: dict[str, Any] | None = None, search: bool = True) -> list[dict[str, Any]]:
         """``smooth`` values, or — given ``target_ratio`` values — the K-independent ratios."""
@@ -312,8 +311,7 @@ class WeightBalancing(Method):
     )
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
-        w = ctx.tensor(L.effective_number_weights(ctx.counts))
-        return lambda logits, y, epoch: L.grouped_cb_softmax_bce(logits, y, w)
+        return L.CBSoftmaxBCE(ctx.tensor(L.effective_number_weights(ctx.counts)))
 
     def weight_decay(self, hps: list[dict]) -> list[float]:
         return [hp["weight_decay"] for hp in hps]
@@ -333,7 +331,7 @@ class BalancedSoftmax(Method):
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
         prior = ctx.tensor(L.log_prior(ctx.counts))
-        return lambda logits, y, epoch: L.grouped_cross_entropy(logits + prior, y)
+        return L.SoftCrossEntropy(len(hps), ctx.num_classes, offset=prior, device=ctx.device)
 
 
 @register_method
@@ -350,9 +348,9 @@ class LogitAdjustedLoss(Method):
         return "balanced_softmax" if hp.get("tau") == 1.0 else None
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
-        tau = ctx.tensor([hp["tau"] for hp in hps]).view(-1, 1, 1)
+        tau = ctx.tensor([hp["tau"] for hp in hps]).view(-1, 1)
         prior = ctx.tensor(L.log_prior(ctx.counts)) * tau
-        return lambda logits, y, epoch: L.grouped_cross_entropy(logits + prior, y)
+        return L.SoftCrossEntropy(len(hps), ctx.num_classes, offset=prior, device=ctx.device)
 
 
 @register_method
@@ -397,14 +395,7 @@ class LabelAwareSmoothing(Method):
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
         eps = ctx.tensor(torch.stack([L.label_aware_smoothing(ctx.counts, *hp["smooth_head_tail"]) for hp in hps]))
-        k = ctx.num_classes
-
-        def fn(logits, y, epoch):
-            e = eps[:, y].unsqueeze(2)  # (G, B, 1)
-            target = (1.0 - e) * F.one_hot(y, k).float().unsqueeze(0) + e / k
-            return L.grouped_soft_cross_entropy(logits, target)
-
-        return fn
+        return L.SoftCrossEntropy(len(hps), ctx.num_classes, smoothing=eps, device=ctx.device)
 
 
 @register_method
@@ -422,7 +413,7 @@ class ClassBalancedReweighting(Method):
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
         w = ctx.tensor(torch.stack([L.effective_number_weights(ctx.counts, hp["beta"]) for hp in hps]))
-        return lambda logits, y, epoch: L.grouped_cross_entropy(logits, y, w, reduction="batch")
+        return L.SoftCrossEntropy(len(hps), ctx.num_classes, class_weight=w, by_batch=True, device=ctx.device)
 
 
 @register_method
@@ -434,8 +425,7 @@ class Focal(Method):
     params = (Param("gamma", default=2.0, source_default=2.0, grid=(1.0, 2.0), low=0.0),)
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
-        gamma = ctx.tensor([hp["gamma"] for hp in hps])
-        return lambda logits, y, epoch: L.grouped_focal(logits, y, gamma)
+        return L.FocalLoss(ctx.tensor([hp["gamma"] for hp in hps]))
 
 
 @register_method
@@ -455,15 +445,14 @@ class LDAMDRW(Method):
         return CosineHead(ctx.init_weight, scale=30.0, groups=len(hps))
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
-        margins = ctx.tensor(L.ldam_margins(ctx.counts)) * 30.0
-        weights = ctx.tensor(L.effective_number_weights(ctx.counts))
-        defer = drw_start(ctx.epochs)
-
-        def fn(logits, y, epoch):
-            adjusted = logits - (F.one_hot(y, logits.shape[2]) * margins[y][:, None]).unsqueeze(0)
-            return L.grouped_cross_entropy(adjusted, y, weights if epoch >= defer else None)
-
-        return fn
+        return L.SoftCrossEntropy(
+            len(hps),
+            ctx.num_classes,
+            margin=ctx.tensor(L.ldam_margins(ctx.counts)) * 30.0,
+            class_weight=ctx.tensor(L.effective_number_weights(ctx.counts)),
+            reweight_from=drw_start(ctx.epochs),
+            device=ctx.device,
+        )
 
 
 @register_method

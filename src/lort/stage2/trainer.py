@@ -20,6 +20,7 @@ from torch import nn
 from ..errors import LortError
 from ..models.base import max_norm_
 from ..runtime.precision import flushing_denormals, tf32_matmuls
+from .losses import value_and_grad
 from .schedule import Schedule, check_lrs
 
 
@@ -58,7 +59,7 @@ class CachedFeatures:
         return len(self.x)
 
     def batch(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:
-        return self.x[idx]
+        return self.x.index_select(0, idx)
 
 
 # loss_fn(logits (G, B, K), labels (B,), epoch) -> per-classifier losses (G,)
@@ -148,46 +149,44 @@ def fit_head(
         for epoch in range(schedule.epochs):
             order = epoch_order(labels_np, sampler, gen, k).to(y.device)
             head.train()
+            epoch_loss = torch.zeros(groups, device=device)
             for start in range(0, n, schedule.batch_size):
                 idx = order[start : start + schedule.batch_size]
-                xin = head.inputs(source.batch(idx, epoch))
-                # The matrix product of all G classifiers without autograd: its gradient for the
-                # weights is one more matrix product, accumulated into the momentum below.
                 with torch.no_grad():
-                    z = head.products(xin)
-                z.requires_grad_(True)
-                norms = None
-                if head.uses_norms:
-                    norms = weight.detach().norm(dim=2).requires_grad_(trains_weight)
-                logits = head.finish(z.view(len(xin), groups, k_out).transpose(0, 1), norms)
-                loss = loss_fn(logits, y[idx], epoch).sum()
-                if not torch.isfinite(loss):
-                    raise LortError(
-                        f"stage-2 loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate "
-                        f"(now {lr_g.tolist()}) or check the features for extreme values"
-                    )
-                for p in small:
-                    p.grad = None
-                loss.backward()
-                factor = 0.5 * (1.0 + math.cos(math.pi * step / total))
-                with torch.no_grad():
+                    xin = head.inputs(source.batch(idx, epoch))
+                    # No autograd: the logits' gradient comes from the loss (in closed form for
+                    # lort's losses), back through the head's small finish; the weights' gradient
+                    # is one more matrix product, accumulated straight into the momentum.
+                    z = head.products(xin)  # (G, B, K), stored class-major
+                    norms = weight.norm(dim=2) if head.uses_norms else None
+                    loss, dlogits = value_and_grad(loss_fn, head.finish(z, norms), y.index_select(0, idx), epoch)
+                    epoch_loss.add_(loss)
+                    dz, dnorms = head.finish_backward(z, norms, dlogits)
+                    factor = 0.5 * (1.0 + math.cos(math.pi * step / total))
                     for p, buf, (lr_v, wd_v) in zip(small, momentum, views, strict=True):
                         for a, b in decayed:  # grad + wd * p, as torch.optim.SGD, where wd != 0
-                            p.grad[a:b].add_(wd_v[a:b] * p[a:b])
-                        buf.mul_(schedule.momentum).add_(p.grad)
-                        p.sub_(factor * lr_v * buf)
+                            p.grad[a:b].addcmul_(wd_v[a:b], p[a:b])
+                        torch.add(p.grad, buf, alpha=schedule.momentum, out=buf)  # buf = momentum * buf + grad
+                        p.addcmul_(lr_v, buf, value=-factor)
                     if trains_weight:  # buf = momentum * buf + dL/dW (+ wd * W), then W -= lr * buf
-                        weight_buf.view(groups * k_out, dim).addmm_(z.grad.t(), xin, beta=schedule.momentum)
-                        if norms is not None:  # d||w_k|| / dw_k = w_k / ||w_k||
-                            weight_buf.addcmul_((norms.grad / norms.detach().clamp_min(1e-12)).unsqueeze(2), weight)
+                        dz = dz.transpose(1, 2).reshape(groups * k_out, len(xin))  # a view where class-major
+                        weight_buf.view(groups * k_out, dim).addmm_(dz, xin, beta=schedule.momentum)
+                        if dnorms is not None:  # d||w_k|| / dw_k = w_k / ||w_k||
+                            weight_buf.addcmul_((dnorms / norms.clamp_min(1e-12)).unsqueeze(2), weight)
                         for a, b in decayed:
                             weight_buf[a:b].addcmul_(wd_w[a:b], weight[a:b])
-                        weight.addcmul_(factor * lr_w, weight_buf, value=-1.0)
+                        weight.addcmul_(lr_w, weight_buf, value=-factor)
                     for a, b in bounded:
                         max_norm_(weight[a:b], bound[a:b])
                 step += 1
                 if on_step is not None:
                     on_step()
+            if not torch.isfinite(epoch_loss).all():
+                bad = epoch_loss[~torch.isfinite(epoch_loss)][0].item()
+                raise LortError(
+                    f"stage-2 loss became {bad} in epoch {epoch + 1}; lower the learning rate "
+                    f"(now {lr_g.tolist()}) or check the features for extreme values"
+                )
             if score_fn is not None:
                 head.eval()
                 with torch.no_grad():
