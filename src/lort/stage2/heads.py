@@ -235,10 +235,10 @@ class CentredHead(Head):
         return z * self.class_scales(norms).unsqueeze(1)
 
     def finish_backward(self, z, norms, dlogits):
-        c = self.class_scales(norms)  # e^a / (r max(||w_k||, 1e-12))
-        dc = (dlogits * z).sum(1)
-        self.log_scale.grad = (dc * c).sum(1)
-        return dlogits * c.unsqueeze(1), -dc * c / norms.clamp_min(1e-12) * (norms >= 1e-12)
+        c = self.class_scales(norms)  # e^a / (r ||w_k||)
+        dc_c = (dlogits * z).sum(1).mul_(c)  # dL/dc_k * c_k: d/d(log scale) = c, d/d||w_k|| = -c / ||w_k||
+        self.log_scale.grad = dc_c.sum(1)
+        return dlogits * c.unsqueeze(1), dc_c.div_(norms).neg_()  # (a class weight of norm 0 has no direction)
 
     def select(self, g: int) -> CentredHead:
         return CentredHead(self.weight[g], self.center[g], self.spread[g], self.log_scale[g])
@@ -268,7 +268,7 @@ class CosineHead(Head):
 
     def finish_backward(self, z, norms, dlogits):
         c = self.scale / norms.clamp_min(1e-12)
-        return dlogits * c.unsqueeze(1), -(dlogits * z).sum(1) * c / norms.clamp_min(1e-12) * (norms >= 1e-12)
+        return dlogits * c.unsqueeze(1), (dlogits * z).sum(1).mul_(c).div_(norms).neg_()  # d/d||w_k|| = -c / ||w_k||
 
     def linear_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Equivalent weights for normalised inputs: ``scale * W / ||W||`` and zero bias."""

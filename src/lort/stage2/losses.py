@@ -317,12 +317,12 @@ class SoftCrossEntropy(GroupedLoss):
             grad.scatter_add_(2, idx, self._minus_ones(grad, b))
         else:
             eps = self.smoothing.index_select(1, labels).unsqueeze(2)  # (G, B, 1)
-            mean_logp = shifted.mean(2, keepdim=True).sub_(log_total)  # mean_k log p_k
+            mean_logp = shifted.sum(2, keepdim=True).div_(k).sub_(log_total)  # mean_k log p_k
             per_sample = torch.lerp(true.unsqueeze(2), mean_logp, eps).squeeze(2).neg_()
             grad.sub_(eps / k).scatter_add_(2, idx, eps - 1.0)
         w = self.weights(epoch)
         if w is None:
-            return per_sample.mean(1), grad.div_(b)
+            return per_sample.sum(1).div_(b), grad.div_(b)
         wy = w.index_select(1, labels)
         norm = torch.where(self.by_batch, torch.full_like(wy[:, 0], b), wy.sum(1)).unsqueeze(1)
         # multiplied by the weights, then divided by the norm: where the weights are all 1 this
