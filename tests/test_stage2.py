@@ -696,3 +696,29 @@ def test_each_heads_closed_form_backward_equals_autograd(kind):
     want_grads = [p.grad for p in head.parameters() if p.requires_grad and p is not head.weight]
     for a, c in zip([*got, *got_grads], [*want, *want_grads], strict=True):
         assert (a is None and c is None) or torch.allclose(a, c, rtol=1e-5, atol=1e-6), kind
+
+
+def test_small_passes_trained_concurrently_equal_the_serial_run(toy, monkeypatch):
+    """Small passes run in forked processes, one thread each; the results (rows, searches,
+    logits) equal the passes trained one after the other in this process, bit for bit."""
+    from lort.stage2 import compare as C
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        sched = Schedule(epochs=2)
+        methods = list(METHODS.values())
+        seen = []
+        real = C.concurrent_passes
+        monkeypatch.setattr(C, "concurrent_passes", lambda *a: seen.append(real(*a)) or seen[-1])
+        forked = compare(toy, methods, sched, lrs=(5e-3, 5e-2))
+        assert seen[-1] == 2
+        monkeypatch.setattr(C, "concurrent_passes", lambda *a: 1)
+        serial = compare(toy, methods, sched, lrs=(5e-3, 5e-2))
+    finally:
+        torch.set_num_threads(before)
+    assert _rows(forked)[1] == _rows(serial)[1]
+    x = toy.splits["test"][0]
+    for a, b in zip(forked, serial, strict=True):
+        assert a.row()["test_acc"] == b.row()["test_acc"], a.method
+        assert np.array_equal(logits_of(a.head, x), logits_of(b.head, x)), a.method

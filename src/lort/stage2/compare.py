@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import multiprocessing
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -306,6 +307,62 @@ def passes(jobs: list[Job], max_settings: int) -> list[list[tuple[Job, list[int]
     return out
 
 
+SMALL_PASS = 1 << 18  # weights (settings x K x D) below which a pass is bound by per-step overhead, not arithmetic
+
+
+def concurrent_passes(plan: list, ctx: FitContext, train_source=None) -> int:
+    """How many passes of ``plan`` to train at once, each in a forked process on one thread:
+    on a CPU with several threads where fork exists, when every pass is small enough that
+    its steps cost operation overhead, not arithmetic (settings x K x D <= ``SMALL_PASS``),
+    and the features are cached (no backbone in the loop). Tiny operations gain nothing
+    from several threads; several passes at once use the cores. Large passes keep every
+    thread on their matrix products (1: no concurrency)."""
+    threads = torch.get_num_threads()
+    if (
+        ctx.device.type != "cpu"
+        or train_source is not None
+        or threads < 2
+        or len(plan) < 2
+        or "fork" not in multiprocessing.get_all_start_methods()
+    ):
+        return 1
+    k, d = ctx.init_weight.shape
+    if max(sum(len(i) for _, i in units) for units in plan) * k * d > SMALL_PASS:
+        return 1
+    return min(threads, len(plan))
+
+
+@dataclass
+class PassWork:
+    """One pass of the loop, assembled: its parts, the stacked head and the loop's arguments."""
+
+    parts: list[Part]
+    head: Head
+    kwargs: dict
+    names: str
+    settings: int
+    curves: np.ndarray | None = None
+    seconds: float = 0.0
+
+
+_INHERITED: dict[str, Any] = {}  # what forked pass workers inherit: the assembled passes and the loop's arguments
+
+
+def _fit_pass(work: PassWork, ctx: FitContext, schedule: Schedule, score_fn, source, on_step=None) -> None:
+    t0 = time.perf_counter()
+    work.head, work.curves = fit_head(
+        work.head, source, ctx.y, schedule=schedule, score_fn=score_fn, on_step=on_step, **work.kwargs
+    )
+    work.seconds = time.perf_counter() - t0
+
+
+def _forked_pass(i: int):
+    torch.set_num_threads(1)  # one core per pass
+    work = _INHERITED["work"][i]
+    _fit_pass(work, *_INHERITED["args"])
+    return work.head.state_dict(), work.curves, work.seconds
+
+
 def train_jobs(
     jobs: list[Job],
     ctx: FitContext,
@@ -319,43 +376,66 @@ def train_jobs(
     """Train every trained job in :func:`passes`: settings that share a sampler and a head
     kind run side by side in ONE pass of the loop, at most ``max_settings`` at once (the
     memory budget). Each setting's update depends only on its own loss and the batches are
-    the same in every pass, so each result equals its separate fit. Returns, per job, for
-    each of its settings ``(head, index of the setting's classifier in it, validation curve)``.
-    ``bar`` (a tqdm bar counting setting-steps) advances with every step."""
+    the same in every pass, so each result equals its separate fit. Small passes run
+    concurrently in forked processes (:func:`concurrent_passes`; the bar then advances pass
+    by pass). Returns, per job, for each of its settings ``(head, index of the setting's
+    classifier in it, validation curve)``. ``bar`` (a tqdm bar counting setting-steps)
+    advances with every step."""
     plan = passes(jobs, max_settings or 1 << 30)
-    cells: dict[int, dict[int, tuple[Head, int, np.ndarray]]] = {}
-    for units in plan:
-        names = ", ".join(dict.fromkeys(job.method.name for job, _ in units))
-        if progress:
-            progress(names)
-        if bar is not None:
-            bar.set_description(f"stage 2: {names}")
-        t0 = time.perf_counter()
+    source = ctx.x if train_source is None else train_source
+
+    def assemble(units) -> PassWork:
         parts = [build_part(job, idx, ctx) for job, idx in units]
         # losses of the cross-entropy family side by side merge into one computation (FusedLoss)
         parts.sort(key=lambda p: not isinstance(p.loss, SoftCrossEntropy))
         head = parts[0].head if len(parts) == 1 else type(parts[0].head).stack([p.head for p in parts])
-        head, curves = fit_head(
-            head,
-            ctx.x if train_source is None else train_source,
-            ctx.y,
-            FusedLoss([p.loss for p in parts], [len(p.indices) for p in parts]),
-            schedule,
-            units[0][0].method.sampler,
-            score_fn=score_fn,
+        kwargs = dict(
+            loss_fn=FusedLoss([p.loss for p in parts], [len(p.indices) for p in parts]),
+            sampler=units[0][0].method.sampler,
             max_norm=_per_setting(parts, "max_norm", float("inf")),
             lr=_per_setting(parts, "lr", schedule.lr),
             weight_decay=_per_setting(parts, "weight_decay", schedule.weight_decay),
             num_classes=ctx.num_classes,
-            on_step=None if bar is None else functools.partial(bar.update, sum(len(p.indices) for p in parts)),
         )
-        seconds = time.perf_counter() - t0
-        total = sum(len(p.indices) for p in parts)
+        names = ", ".join(dict.fromkeys(job.method.name for job, _ in units))
+        return PassWork(parts, head, kwargs, names, sum(len(p.indices) for p in parts))
+
+    def announce(work: PassWork) -> None:
+        if progress:
+            progress(work.names)
+        if bar is not None:
+            bar.set_description(f"stage 2: {work.names}")
+
+    workers = concurrent_passes(plan, ctx, train_source)
+    if workers > 1:
+        done = [assemble(units) for units in plan]
+        order = sorted(range(len(done)), key=lambda i: -done[i].settings)  # the longest first
+        _INHERITED.update(work=done, args=(ctx, schedule, score_fn, source))
+        try:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                for i, (state, curves, seconds) in zip(order, pool.imap(_forked_pass, order), strict=True):
+                    announce(done[i])
+                    done[i].head.load_state_dict(state)
+                    done[i].curves, done[i].seconds = curves, seconds
+                    if bar is not None:
+                        bar.update(done[i].settings * schedule.epochs * -(-len(ctx.y) // schedule.batch_size))
+        finally:
+            _INHERITED.clear()
+    else:
+        done = []
+        for units in plan:
+            work = assemble(units)
+            announce(work)
+            step = None if bar is None else functools.partial(bar.update, work.settings)
+            _fit_pass(work, ctx, schedule, score_fn, source, step)
+            done.append(work)
+    cells: dict[int, dict[int, tuple[Head, int, np.ndarray]]] = {}
+    for work in done:
         g = 0
-        for part in parts:
-            part.job.seconds += seconds * len(part.indices) / total  # the pass's time, shared by settings
+        for part in work.parts:
+            part.job.seconds += work.seconds * len(part.indices) / work.settings  # the pass's time, shared
             for i in part.indices:
-                cells.setdefault(id(part.job), {})[i] = (head, g, curves[:, g])  # (epochs,), empty without val
+                cells.setdefault(id(part.job), {})[i] = (work.head, g, work.curves[:, g])  # empty without val
                 g += 1
     return {key: [found[i] for i in range(len(found))] for key, found in cells.items()}
 
