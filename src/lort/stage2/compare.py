@@ -310,8 +310,9 @@ def passes(jobs: list[Job], max_settings: int) -> list[list[tuple[Job, list[int]
 SMALL_PASS = 1 << 18  # weights (settings x K x D) below which a pass is bound by per-step overhead, not arithmetic
 
 
-def concurrent_passes(plan: list, ctx: FitContext, train_source=None) -> int:
-    """How many passes of ``plan`` to train at once, each in a forked process on one thread:
+def concurrent_passes(pass_settings: list[int], k: int, d: int, device, cached: bool = True) -> int:
+    """How many passes (of ``pass_settings`` settings each, K = ``k``, D = ``d``) to train
+    at once, each in a forked process on one thread:
     on a CPU with several threads where fork exists, when every pass is small enough that
     its steps cost operation overhead, not arithmetic (settings x K x D <= ``SMALL_PASS``),
     and the features are cached (no backbone in the loop). Tiny operations gain nothing
@@ -319,17 +320,15 @@ def concurrent_passes(plan: list, ctx: FitContext, train_source=None) -> int:
     thread on their matrix products (1: no concurrency)."""
     threads = torch.get_num_threads()
     if (
-        ctx.device.type != "cpu"
-        or train_source is not None
+        torch.device(device).type != "cpu"
+        or not cached
         or threads < 2
-        or len(plan) < 2
+        or len(pass_settings) < 2
         or "fork" not in multiprocessing.get_all_start_methods()
+        or max(pass_settings) * k * d > SMALL_PASS
     ):
         return 1
-    k, d = ctx.init_weight.shape
-    if max(sum(len(i) for _, i in units) for units in plan) * k * d > SMALL_PASS:
-        return 1
-    return min(threads, len(plan))
+    return min(threads, len(pass_settings))
 
 
 @dataclass
@@ -406,8 +405,10 @@ def train_jobs(
         if bar is not None:
             bar.set_description(f"stage 2: {work.names}")
 
-    workers = concurrent_passes(plan, ctx, train_source)
+    k, d = ctx.init_weight.shape
+    workers = concurrent_passes([sum(len(i) for _, i in u) for u in plan], k, d, ctx.device, train_source is None)
     if workers > 1:
+        t0 = time.perf_counter()
         done = [assemble(units) for units in plan]
         order = sorted(range(len(done)), key=lambda i: -done[i].settings)  # the longest first
         _INHERITED.update(work=done, args=(ctx, schedule, score_fn, source))
@@ -421,6 +422,9 @@ def train_jobs(
                         bar.update(done[i].settings * schedule.epochs * -(-len(ctx.y) // schedule.batch_size))
         finally:
             _INHERITED.clear()
+        wall, busy = time.perf_counter() - t0, sum(w.seconds for w in done)
+        for w in done:  # the passes overlapped: each gets its share of the wall time
+            w.seconds *= wall / max(busy, 1e-9)
     else:
         done = []
         for units in plan:

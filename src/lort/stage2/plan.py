@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import LortError
-from .compare import Job, passes, plan_job
+from .compare import Job, concurrent_passes, passes, plan_job
 from .methods import Method
 from .schedule import Schedule
 
@@ -83,6 +83,7 @@ class Plan:
     feature_bytes: int = 0
     seeds: int = 1  # the whole comparison is repeated per seed
     budget: int | None = None  # fits per method (None: every method's whole grid)
+    workers: int = 1  # passes trained at once (lort.stage2.compare.concurrent_passes)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -116,7 +117,7 @@ class Plan:
         """The matrix work at ``rate`` FLOP/s plus, given ``costs``, every pass's per-step
         overhead: a lower bound (``costs`` are measured with the cheapest loss)."""
         overhead = 0.0 if costs is None else self.steps * sum(costs.pass_seconds(len(p.methods)) for p in self.passes)
-        return self.flop / rate + overhead
+        return self.flop / rate + overhead / self.workers
 
     def describe(self, rate: float | None = None, costs: StepCosts | None = None) -> str:
         lines = [
@@ -135,12 +136,14 @@ class Plan:
         ]
         for p in self.passes:
             lines.append(f"      pass: {', '.join(p.methods)} ({p.settings} settings, {p.sampler} sampling)")
+        if self.workers > 1:
+            lines.append(f"      small passes: {self.workers} at a time, each in its own process on one thread")
         if rate and costs is not None:
             total = self.predicted_seconds(rate, costs)
             lines.append(
                 f"      predicted: at least {total:,.0f} s = {self.flop / rate:,.0f} s of matrix work at this machine's "
                 f"same-shape matrix-multiply rate ({rate / 1e9:.1f} GFLOP/s) + {total - self.flop / rate:,.0f} s of "
-                f"per-step overhead ({1e3 * costs.step:.2f} ms a step, {1e3 * costs.loss:.2f} ms per further method "
+                f"per-step overhead{f' over {self.workers} passes at a time' if self.workers > 1 else ''} ({1e3 * costs.step:.2f} ms a step, {1e3 * costs.loss:.2f} ms per further method "
                 "in a pass, measured with plain cross-entropy: heavier losses and heads cost more)"
             )
         elif rate:
@@ -203,6 +206,7 @@ def make_plan(
         method = units[0][0].method
         products = 2 if method.head_class.trains_weight else 1
         plan.passes.append(Pass(names, sum(len(i) for _, i in units), method.sampler, products))
+    plan.workers = concurrent_passes([p.settings for p in plan.passes], k, d, device)
     return plan
 
 
