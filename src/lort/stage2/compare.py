@@ -419,7 +419,7 @@ def train_jobs(
                     done[i].head.load_state_dict(state)
                     done[i].curves, done[i].seconds = curves, seconds
                     if bar is not None:
-                        bar.update(done[i].settings * schedule.epochs * -(-len(ctx.y) // schedule.batch_size))
+                        bar.update(done[i].settings * schedule.steps(len(ctx.y)))
         finally:
             _INHERITED.clear()
         wall, busy = time.perf_counter() - t0, sum(w.seconds for w in done)

@@ -212,15 +212,6 @@ def value_and_grad(loss_fn, logits: torch.Tensor, labels: torch.Tensor, epoch: i
     return loss.detach(), grad
 
 
-def log_softmax_classes(logits: torch.Tensor) -> torch.Tensor:
-    """``log_softmax`` over the last dimension that keeps the input's memory layout. The loop's
-    logits are stored class-major (``(G, K, B)`` in memory, see :meth:`Head.products`), where
-    this runs several times faster than ``F.log_softmax`` for small ``K`` (which copies to
-    ``K``-innermost and then works along rows of only ``K`` numbers)."""
-    shifted = logits - logits.amax(2, keepdim=True)
-    return shifted.sub_(shifted.exp().sum(2, keepdim=True).log_())
-
-
 def _table(values, groups: int, num_classes: int, device, fill: float) -> torch.Tensor:
     """A ``(G, K)`` table from ``None`` (``fill``, float32), a ``(K,)`` or a ``(G, K)`` tensor
     (floating tensors keep their dtype)."""
@@ -262,13 +253,12 @@ class SoftCrossEntropy(GroupedLoss):
         self.offset = None if offset is None else _table(offset, *args, 0.0)
         self.margin = None if margin is None else _table(margin, *args, 0.0)
         self.class_weight = None if class_weight is None else _table(class_weight, *args, 1.0)
-        start = 0 if reweight_from is None else reweight_from
+        start = reweight_from or 0  # one epoch for every classifier, or one each
         self.reweight_from = [float(e) for e in start] if isinstance(start, list | tuple) else [float(start)] * groups
-        flags = bool(by_batch) if by_batch is None or isinstance(by_batch, bool) else by_batch
-        if isinstance(flags, bool):
-            self.by_batch = torch.full((groups,), flags, dtype=torch.bool, device=device)
+        if by_batch is None or isinstance(by_batch, bool):  # one flag for every classifier, or one each
+            self.by_batch = torch.full((groups,), bool(by_batch), dtype=torch.bool, device=device)
         else:
-            self.by_batch = torch.as_tensor(flags, dtype=torch.bool, device=device)
+            self.by_batch = torch.as_tensor(by_batch, dtype=torch.bool, device=device)
         self._weights: tuple[int, torch.Tensor | None] | None = None
 
     @classmethod
@@ -341,7 +331,10 @@ class SoftCrossEntropy(GroupedLoss):
 
 def _softmax_pieces(logits: torch.Tensor, idx: torch.Tensor):
     """``(p, log p_y, logits - max, log sum exp(logits - max))`` with few passes over
-    ``logits`` (each keeps its memory layout; see :func:`log_softmax_classes`)."""
+    ``logits``. Each result keeps the logits' memory layout: the loop's logits are stored
+    class-major (``(G, K, B)`` in memory, see :meth:`Head.products`), where this runs
+    several times faster than ``F.log_softmax``, which copies to ``K``-innermost and then
+    works along rows of only ``K`` numbers."""
     shifted = logits - logits.amax(2, keepdim=True)
     p = shifted.exp()
     total = p.sum(2, keepdim=True)

@@ -58,3 +58,7 @@ class Schedule:
             raise LortError(f"stage-2 weight decay must be >= 0, got {self.weight_decay!r}")
         if not 0 <= self.momentum < 1:
             raise LortError(f"stage-2 momentum must lie in [0, 1), got {self.momentum!r}")
+
+    def steps(self, rows: int) -> int:
+        """Optimisation steps of the whole schedule on ``rows`` training rows."""
+        return math.ceil(rows / self.batch_size) * self.epochs

@@ -128,7 +128,7 @@ def fit_head(
     weight_buf = torch.zeros_like(weight) if trains_weight else None
     gen = torch.Generator().manual_seed(schedule.seed)
     n = len(y)
-    total = math.ceil(n / schedule.batch_size) * schedule.epochs
+    total = schedule.steps(n)
     labels_np = y.cpu().numpy()
     k = num_classes or int(labels_np.max()) + 1
     best_state = {name: t.detach().clone() for name, t in head.state_dict().items()}
