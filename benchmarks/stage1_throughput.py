@@ -10,9 +10,11 @@ baseline:  per-sample PIL transforms (pad+random crop, flip, to-tensor, normalis
 
 Both train the same model (SGD, batch 64) for the same number of steps after warm-up;
 the script prints the CPU's capability, images/s of each (medians of ``--rounds``
-interleaved rounds) and the ratios, and with ``--out FILE.json`` writes them to a file.
+interleaved rounds, the order reversed every other round) and the ratios to the reference
+(of the medians, and the median of each round's own ratio, which a drifting machine
+disturbs less), and with ``--out FILE.json`` writes them to a file.
 
-    python benchmarks/stage1_throughput.py [--steps 40] [--rounds 3] [--root DIR] [--out results/speed/stage1.json]
+    python benchmarks/stage1_throughput.py [--steps 40] [--rounds 5] [--root DIR] [--out results/speed/stage1.json]
 
 The data root is ``--root``, else ``LORT_DATA``, else ``../shared/data`` beside the repository.
 """
@@ -89,7 +91,7 @@ def main():
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds (medians reported)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds (medians reported)")
     ap.add_argument("--out", help="also write the figures to this JSON file")
     args = ap.parse_args()
     ds = build_dataset(DataConfig(dataset="cifar10", root=args.root or default_root()))
@@ -116,21 +118,29 @@ def main():
         )
         return run(iter(loader), model, args.steps, args.warmup, channels_last=False)
 
-    # Interleaved rounds: a machine whose speed drifts affects all three alike; medians are reported.
-    rates = {"lort_fp32": [], "lort_default": [], "reference_style": []}
+    # Interleaved rounds, the order reversed every other round: a machine whose speed drifts
+    # affects the three alike within a round, so each round gives its own ratios, and the
+    # medians over rounds are reported (of the rates and of the per-round ratios).
+    runs = {"lort_fp32": lambda: lort("none"), "lort_default": lambda: lort("auto"), "reference_style": reference}
+    rates = {k: [] for k in runs}
     for r in range(args.rounds):
-        rates["lort_fp32"].append(lort("none"))
-        rates["lort_default"].append(lort("auto"))
-        rates["reference_style"].append(reference())
+        for k in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+            rates[k].append(runs[k]())
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()) + " images/s")
     med = {k: float(np.median(v)) for k, v in rates.items()}
+    paired = {
+        k: float(np.median(np.asarray(rates[k]) / np.asarray(rates["reference_style"])))
+        for k in ("lort_fp32", "lort_default")
+    }
     print(f"lort pipeline (batched tensor aug, channels_last, fp32):            {med['lort_fp32']:8.1f} images/s")
     print(f"lort pipeline (batched tensor aug, channels_last, default amp=auto -> {precision.name}): "
           f"{med['lort_default']:8.1f} images/s")  # fmt: skip
     print(f"reference style (per-sample PIL, DataLoader, NCHW, fp32):          {med['reference_style']:8.1f} images/s")
-    print(f"ratio lort fp32 / reference: {med['lort_fp32'] / med['reference_style']:.2f}x")
+    print(f"ratio lort fp32 / reference: {med['lort_fp32'] / med['reference_style']:.2f}x of the medians, "
+          f"{paired['lort_fp32']:.2f}x median of the per-round ratios")  # fmt: skip
     print(f"ratio lort default (amp=auto -> {precision.name}) / reference: "
-          f"{med['lort_default'] / med['reference_style']:.2f}x  (medians of {args.rounds} interleaved rounds)")  # fmt: skip
+          f"{med['lort_default'] / med['reference_style']:.2f}x of the medians, "
+          f"{paired['lort_default']:.2f}x median of the per-round ratios ({args.rounds} interleaved rounds)")  # fmt: skip
     if args.out:
         write_json(
             args.out,
@@ -141,6 +151,8 @@ def main():
                 "images_per_s_rounds": rates,
                 "ratio_fp32": med["lort_fp32"] / med["reference_style"],
                 "ratio_default": med["lort_default"] / med["reference_style"],
+                "ratio_fp32_paired": paired["lort_fp32"],
+                "ratio_default_paired": paired["lort_default"],
                 "steps": args.steps,
                 "rounds": args.rounds,
                 "batch_size": args.batch_size,
