@@ -68,11 +68,13 @@ def ablations(fs, seed: int, rare) -> dict[str, tuple[float, float]]:
     ctx = context(fs, schedule, seed)
     x, y = fs.splits["test"]
     out = {
-        "centred head, untrained": scores(logits_of(CentredHead.from_classifier(ctx.init_weight, ctx.x), x), y, rare)
+        "centred head, untrained": scores(
+            logits_of(CentredHead.from_classifier(ctx.class_directions, ctx.x), x), y, rare
+        )
     }
     lrs = [5e-4, 5e-2]
     head, _ = fit_head(
-        CentredHead.from_classifier(ctx.init_weight, ctx.x, len(lrs)),
+        CentredHead.from_classifier(ctx.class_directions, ctx.x, len(lrs)),
         ctx.x,
         ctx.y,
         lambda logits, labels, epoch: grouped_cross_entropy(logits, labels),

@@ -415,6 +415,36 @@ def test_warm_start_methods_fit_a_ce_classifier_when_none_is_given(toy):
     assert acc > 0.5
 
 
+def test_discriminant_directions_solve_the_shrunk_within_class_covariance():
+    from lort.stage2.heads import discriminant_directions
+
+    rng = np.random.default_rng(0)
+    k, d = 4, 6
+    y = np.repeat(np.arange(k), [40, 12, 5, 3])
+    x = (rng.normal(size=(k, d))[y] * 3 + rng.normal(size=(len(y), d)) @ rng.normal(size=(d, d))).astype(np.float32)
+    means = np.stack([x[y == c].astype(np.float64).mean(0) for c in range(k)])
+    resid = x - means[y]
+    cov = resid.T @ resid / len(x)
+    for shrink in (0.0, 1.0):
+        ridged = cov + shrink * np.trace(cov) / d * np.eye(d)
+        expected = np.linalg.solve(ridged, (means - x.astype(np.float64).mean(0)).T).T
+        got = discriminant_directions(torch.as_tensor(x), torch.as_tensor(y), k, shrink, rows=7).numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_lort_takes_its_directions_from_the_given_classifier_else_from_the_discriminant(toy):
+    from lort.stage2.compare import context
+    from lort.stage2.heads import discriminant_directions
+
+    for given in (True, False):
+        fs = toy if given else FeatureSet(splits=dict(toy.splits), classes=toy.classes)
+        ctx = context(fs, Schedule())
+        expected = ctx.init_weight if given else discriminant_directions(ctx.x, ctx.y, fs.num_classes)
+        head = METHODS["lort"].build_head(ctx, [{}])
+        unit = expected / expected.norm(dim=1, keepdim=True)
+        torch.testing.assert_close(head.weight[0] / head.weight[0].norm(dim=1, keepdim=True), unit)
+
+
 # ----------------------------------------------------------------------------- the engine: fused passes, memory budget, plan
 
 

@@ -152,6 +152,7 @@ def context(fs: FeatureSet, schedule: Schedule, seed: int = 0, device=None) -> F
         init_bias=b,
         epochs=schedule.epochs,
         seed=seed,
+        given_classifier=fs.init_weight is not None,
     )
 
 

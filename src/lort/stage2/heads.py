@@ -153,6 +153,35 @@ def centre_and_spread(x: torch.Tensor, rows: int = 8192) -> tuple[torch.Tensor, 
     return center, sq.mean().sqrt().clamp_min(1e-12)
 
 
+DISCRIMINANT_SHRINK = 1.0  # the identity's weight against the within-class covariance (results/lort_default/)
+
+
+def discriminant_directions(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, shrink: float = DISCRIMINANT_SHRINK, rows: int = 8192
+) -> torch.Tensor:
+    """``(K, D)`` class directions of a Gaussian model of the classes with one shared
+    covariance and equal priors: ``w_k = (S + shrink * tr(S)/D * I)^-1 (mu_k - m)``, with
+    ``mu_k`` each class's mean feature, ``m`` the mean training feature and ``S`` the
+    covariance of the features about their class means (shrunk towards the identity at the
+    same scale). No class prior and no class count enters the directions. The covariance is
+    accumulated ``rows`` at a time in float64 (no centred copy of ``x``)."""
+    d, f64 = x.shape[1], torch.float64
+    chunks = [(x[i : i + rows], y[i : i + rows]) for i in range(0, len(x), rows)]
+    sums = x.new_zeros(num_classes, d, dtype=f64)
+    for xc, yc in chunks:
+        sums.index_add_(0, yc, xc.to(f64))
+    counts = torch.bincount(y, minlength=num_classes).to(f64)
+    means = sums / counts.clamp_min(1)[:, None]
+    center = sums.sum(0) / counts.sum().clamp_min(1)
+    cov = x.new_zeros(d, d, dtype=f64)
+    for xc, yc in chunks:
+        r = xc - means[yc].to(x.dtype)
+        cov += (r.T @ r).to(f64)
+    cov /= max(len(x), 1)
+    cov.diagonal().add_(shrink * cov.diagonal().mean().clamp_min(1e-12))
+    return torch.linalg.solve(cov, (means - center).T).T.to(x.dtype)
+
+
 class Standardised:
     """Features ``x`` centred on ``center`` and divided by ``spread``, batch by batch (a
     training source of :func:`lort.stage2.trainer.fit_head`): no standardised copy of the

@@ -8,6 +8,7 @@ hyperparameters are searched on the validation split. Register new ones with
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 
 from ..errors import LortError
 from . import losses as L
-from .heads import CentredHead, CosineHead, Head, LinearHead, LWSHead
+from .heads import CentredHead, CosineHead, Head, LinearHead, LWSHead, discriminant_directions
 from .params import Param
 from .trainer import LossFn
 
@@ -34,10 +35,21 @@ class FitContext:
     init_bias: torch.Tensor
     epochs: int
     seed: int = 0
+    given_classifier: bool = True  # init_weight came with the features (else it was fitted from zero here)
 
     @property
     def num_classes(self) -> int:
         return len(self.counts)
+
+    @functools.cached_property
+    def class_directions(self) -> torch.Tensor:
+        """``(K, D)``: the class directions LORT's centred head starts from: the given
+        classifier's, else (features without one) those of a shared-covariance Gaussian
+        model of the classes (:func:`lort.stage2.heads.discriminant_directions`), computed
+        once. See results/lort_default/ for why not the classifier fitted from zero."""
+        if self.given_classifier:
+            return self.init_weight
+        return discriminant_directions(self.x, self.y, self.num_classes)
 
     @property
     def device(self) -> torch.device:
@@ -192,7 +204,7 @@ class LORT(Method):
     )
 
     def build_head(self, ctx: FitContext, hps: list[dict]) -> Head:
-        return CentredHead.from_classifier(ctx.init_weight, ctx.x, len(hps))
+        return CentredHead.from_classifier(ctx.class_directions, ctx.x, len(hps))
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
         k = ctx.num_classes
