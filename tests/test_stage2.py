@@ -754,3 +754,62 @@ def test_small_passes_trained_concurrently_equal_the_serial_run(toy, monkeypatch
     for a, b in zip(forked, serial, strict=True):
         assert a.row()["test_acc"] == b.row()["test_acc"], a.method
         assert np.array_equal(logits_of(a.head, x), logits_of(b.head, x)), a.method
+
+
+# ----------------------------------------------------------------------------- selection on validation
+
+
+def test_lexicographic_greater_lets_later_columns_break_ties_only():
+    from lort.stage2.trainer import lexicographic_greater
+
+    a = torch.tensor([[0.5, -1.0], [0.5, -2.0], [0.6, -9.0], [0.4, 0.0], [0.5, -1.5]])
+    b = torch.tensor([[0.5, -1.5]] * 5)
+    assert lexicographic_greater(a, b).tolist() == [True, False, True, False, False]
+
+
+def test_validation_scores_are_balanced_accuracy_then_minus_balanced_log_loss():
+    from lort.stage2.compare import head_balanced_accuracy, head_validation_scores
+    from lort.stage2.heads import LinearHead
+
+    rng = np.random.default_rng(0)
+    k, d = 4, 5
+    y = torch.as_tensor(np.repeat(np.arange(k), [6, 3, 2, 1]))
+    x = torch.as_tensor(rng.normal(size=(len(y), d)).astype(np.float32))
+    head = LinearHead(torch.randn(k, d), torch.randn(k), groups=3)
+    with torch.no_grad():
+        head.weight.add_(torch.randn_like(head.weight))
+    got = head_validation_scores(head, x, y, k, budget=3 * k * 5)  # chunks of 5 rows
+    torch.testing.assert_close(got[:, 0], head_balanced_accuracy(head, x, y, k))
+    nll = -F.log_softmax(head(x), dim=2).gather(2, y.expand(3, -1).unsqueeze(2)).squeeze(2)
+    per_class = torch.stack([nll[:, y == c].mean(1) for c in range(k)], dim=1)
+    torch.testing.assert_close(got[:, 1], -per_class.mean(1).to(got.dtype))
+
+
+def test_ties_in_balanced_accuracy_go_to_the_lower_log_loss():
+    from lort.stage2.heads import LinearHead
+    from lort.stage2.losses import SoftCrossEntropy
+    from lort.stage2.trainer import fit_head
+
+    x = torch.randn(40, 3)
+    y = torch.arange(40) % 2
+    calls = iter([[[0.5, -2.0]], [[0.5, -1.0]], [[0.5, -1.5]], [[0.4, 0.0]]])
+    weights = []
+
+    def score(head):
+        weights.append(head.weight.detach().clone())
+        return torch.tensor(next(calls))
+
+    head, curves = fit_head(
+        LinearHead(torch.zeros(2, 3), torch.zeros(2)),
+        x,
+        y,
+        SoftCrossEntropy(1, 2),
+        Schedule(epochs=4, batch_size=8),
+        score_fn=score,
+        lr=0.1,
+    )
+    assert curves.shape == (4, 1, 2)
+    torch.testing.assert_close(head.weight, weights[1])  # epoch 2: tied accuracy, lowest log-loss
+    from lort.stage2.compare import best_epoch
+
+    assert best_epoch(curves[:, 0]) == 1 and best_epoch(curves[:, 0, 0]) == 0

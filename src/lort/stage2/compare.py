@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import multiprocessing
 import time
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..analysis.metrics import accuracy_report, grouped_balanced_accuracy, prediction_report
@@ -36,6 +38,37 @@ def head_balanced_accuracy(
     rows = max(1, budget // max(1, g * num_classes))
     preds = torch.cat([head(x[i : i + rows]).argmax(2) for i in range(0, len(x), rows)], dim=1)  # (G, N)
     return grouped_balanced_accuracy(preds, labels, num_classes)
+
+
+def head_validation_scores(
+    head: Head, x: torch.Tensor, labels: torch.Tensor, num_classes: int, budget: int = 1 << 22
+) -> torch.Tensor:
+    """``(G, 2)``: each classifier's balanced accuracy on ``x``, then minus its
+    class-balanced log-loss (the mean over classes of the mean negative log-likelihood of
+    their samples), compared in that order: the log-loss breaks the ties of balanced
+    accuracy, which on a small validation split moves in coarse steps. Chosen by test
+    regret over the LORT suite (results/lort_default/selection.md). Row chunks as
+    :func:`head_balanced_accuracy`."""
+    g = head.groups()
+    rows = max(1, budget // max(1, g * num_classes))
+    preds, nll = [], x.new_zeros(g, num_classes)
+    for i in range(0, len(x), rows):
+        logits, y = head(x[i : i + rows]).float(), labels[i : i + rows]
+        preds.append(logits.argmax(2))
+        picked = F.log_softmax(logits, dim=2).gather(2, y.expand(g, -1).unsqueeze(2)).squeeze(2)
+        nll.index_add_(1, y, -picked)
+    counts = torch.bincount(labels, minlength=num_classes)
+    present = counts > 0
+    log_loss = (nll[:, present] / counts[present]).mean(1).nan_to_num(nan=math.inf)
+    accuracy = grouped_balanced_accuracy(torch.cat(preds, dim=1), labels, num_classes)
+    return torch.stack([accuracy, -log_loss], dim=1)
+
+
+def best_epoch(curve: np.ndarray) -> int:
+    """Index of the best row of ``(E,)`` or ``(E, C)`` validation scores, compared in
+    column order (the first row on full ties)."""
+    key = curve.reshape(len(curve), -1)
+    return max(range(len(key)), key=lambda e: (tuple(key[e]), -e))
 
 
 @dataclass
@@ -445,6 +478,13 @@ def train_jobs(
     return {key: [found[i] for i in range(len(found))] for key, found in cells.items()}
 
 
+def selection_key(record: dict, g: int) -> tuple:
+    """Order of a method's settings: validation balanced accuracy, then the lower
+    class-balanced log-loss, then the earlier setting."""
+    loss = record.get("val_log_loss")
+    return (record["val_balanced_acc"] or 0.0, -(loss if loss is not None else 0.0), -g)
+
+
 def finish_job(job: Job, trained, ctx: FitContext, fs: FeatureSet, schedule: Schedule, xv, yv) -> MethodResult:
     """Choose ``job``'s best setting and epoch on validation; its classifier, post-hoc step
     applied. Without validation data the only setting and the last epoch."""
@@ -454,27 +494,36 @@ def finish_job(job: Job, trained, ctx: FitContext, fs: FeatureSet, schedule: Sch
     search = []
     if method.trains:
         for point, (_, _, curve) in zip(settings, trained, strict=True):
-            epoch = int(np.argmax(curve)) + 1 if len(curve) else schedule.epochs
-            value = float(curve.max()) if len(curve) else None
+            key = curve.reshape(len(curve), -1) if len(curve) else np.zeros((0, 1))  # empty without validation
+            e = best_epoch(key) if len(key) else None
             search.append(
                 {
                     "hyperparameters": point,
-                    "epoch": epoch,
-                    "val_balanced_acc": value,
-                    "curve": [round(float(c), 5) for c in curve],
+                    "epoch": schedule.epochs if e is None else e + 1,
+                    "val_balanced_acc": None if e is None else float(key[e, 0]),
+                    "val_log_loss": None if e is None or key.shape[1] < 2 else -float(key[e, 1]),
+                    "curve": [round(float(c), 5) for c in key[:, 0]],
                 }
             )
-        best = max(range(len(settings)), key=lambda g: (search[g]["val_balanced_acc"] or 0.0, -g))
+        best = max(range(len(settings)), key=lambda g: selection_key(search[g], g))
         head, index, _ = trained[best]
         chosen = method.posthoc(head.select(index), ctx, settings[best])
     else:
         heads = []
         for point in settings:
             h = method.posthoc(method.build_head(ctx, [point]), ctx, point)
-            value = float(head_balanced_accuracy(h, xv, yv, k)[0]) if has_val else None
+            acc, neg_loss = head_validation_scores(h, xv, yv, k)[0].tolist() if has_val else (None, None)
             heads.append(h)
-            search.append({"hyperparameters": point, "epoch": None, "val_balanced_acc": value, "curve": []})
-        best = max(range(len(settings)), key=lambda g: (search[g]["val_balanced_acc"] or 0.0, -g))
+            search.append(
+                {
+                    "hyperparameters": point,
+                    "epoch": None,
+                    "val_balanced_acc": acc,
+                    "val_log_loss": None if neg_loss is None else -neg_loss,
+                    "curve": [],
+                }
+            )
+        best = max(range(len(settings)), key=lambda g: selection_key(search[g], g))
         chosen = heads[best]
     point, epoch = search[best]["hyperparameters"], search[best]["epoch"]
     val = fs.splits.get("val")
@@ -519,7 +568,7 @@ def fit_methods(
     validation. Test data is never touched here."""
     xv, yv = _validation(fs, ctx)
     k = fs.num_classes
-    score_fn = (lambda h: head_balanced_accuracy(h, xv, yv, k)) if xv is not None else None
+    score_fn = (lambda h: head_validation_scores(h, xv, yv, k)) if xv is not None else None
     jobs = [plan_job(m, schedule, lrs, fixed.get(m.name), xv is not None, budget) for m in methods]
     trained = train_jobs(jobs, ctx, schedule, score_fn, train_source, progress, max_settings, bar)
     return [finish_job(j, trained.get(id(j)), ctx, fs, schedule, xv, yv) for j in jobs]

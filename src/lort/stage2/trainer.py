@@ -85,6 +85,15 @@ def _runs(mask: torch.Tensor) -> list[tuple[int, int]]:
     return runs
 
 
+def lexicographic_greater(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(G, C)`` scores -> ``(G,)``: whether each row of ``a`` beats ``b``'s, the first
+    column deciding and each later one breaking the ties of those before it."""
+    better = torch.zeros(len(a), dtype=torch.bool, device=a.device)
+    for c in reversed(range(a.shape[1])):
+        better = (a[:, c] > b[:, c]) | ((a[:, c] == b[:, c]) & better)
+    return better
+
+
 @flushing_denormals  # converged classifiers make subnormal gradients, ~10x slower on x86
 def fit_head(
     head: nn.Module,
@@ -105,9 +114,11 @@ def fit_head(
     ``x`` is a feature tensor or any source with ``batch(idx, epoch)`` (e.g. the frozen
     backbone over augmented images). ``lr``, ``weight_decay`` and ``max_norm`` (the
     per-class weight-norm bound, MaxNorm) may differ per classifier. After each epoch
-    ``score_fn(head)`` returns each classifier's validation score; each classifier keeps
-    the weights of its best epoch (the first on ties). Returns the head and the scores
-    as an ``(epochs, G)`` array (empty without ``score_fn``). Subnormal floats are flushed
+    ``score_fn(head)`` returns each classifier's validation score, ``(G,)``, or ``(G, C)``
+    scores compared in order (the later ones break ties of the earlier,
+    :func:`lexicographic_greater`); each classifier keeps the weights of its best epoch
+    (the first on full ties). Returns the head and the scores as an ``(epochs, G)`` or
+    ``(epochs, G, C)`` array (empty without ``score_fn``). Subnormal floats are flushed
     to zero while it runs, and on a GPU with TF32 tensor cores the matrix products use them
     (:func:`lort.runtime.precision.tf32_matmuls`); the caller's settings are restored. ``on_step()`` is called after
     every optimisation step (a progress bar)."""
@@ -132,7 +143,7 @@ def fit_head(
     labels_np = y.cpu().numpy()
     k = num_classes or int(labels_np.max()) + 1
     best_state = {name: t.detach().clone() for name, t in head.state_dict().items()}
-    best_score = torch.full((groups,), -math.inf, device=device)
+    best_score: torch.Tensor | None = None  # (G, C) once the first score is known
     scores, step = [], 0
 
     def per_group(p):
@@ -192,12 +203,15 @@ def fit_head(
                 with torch.no_grad():
                     score = score_fn(head)
                 scores.append(score.cpu().numpy())
-                better = score > best_score
+                key = score.reshape(groups, -1)
+                if best_score is None:
+                    best_score = torch.full_like(key, -math.inf)
+                better = lexicographic_greater(key, best_score)
                 if better.any():
-                    best_score = torch.where(better, score, best_score)
+                    best_score = torch.where(better.unsqueeze(1), key, best_score)
                     for name, t in head.state_dict().items():
                         best_state[name][better] = t[better]
     if score_fn is not None:
         head.load_state_dict(best_state)
     head.eval()
-    return head, np.asarray(scores).reshape(len(scores), groups)
+    return head, np.asarray(scores).reshape(len(scores), groups, *np.shape(scores)[2:])
