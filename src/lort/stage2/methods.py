@@ -193,8 +193,9 @@ class LORT(Method):
         "Lu et al., Rethinking Classifier Re-Training in Long-Tailed Recognition: A Simple Logits Retargeting "
         "Approach (ICLR 2025): cross-entropy against (1 - s) * onehot + s / K, no class counts. lort's default "
         "trains it on a head that cannot store the class prior: class directions from the stage-1 classifier at "
-        "unit norm, features centred on their training mean and scaled by their spread, one learned logit scale, "
-        "no bias (see results/lort_default/)"
+        "unit norm (features without a classifier: a shared-covariance Gaussian model's, equal priors), features "
+        "centred on their training mean and scaled by their spread, one learned logit scale, no bias (see "
+        "results/lort_default/)"
     )
     params = (L.SMOOTH, L.TARGET_RATIO)
     head_class = CentredHead
