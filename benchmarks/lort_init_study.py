@@ -30,8 +30,9 @@ SHRINKS = (0.01, 0.1, 1.0)
 
 
 def balanced_accuracy(logits: np.ndarray, y: np.ndarray) -> float:
-    pred = logits.argmax(1)
-    return float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)]))
+    from lort.analysis.metrics import per_class_accuracy
+
+    return float(np.nanmean(per_class_accuracy(logits.argmax(1), y, logits.shape[1])))
 
 
 def study_set(path: Path) -> dict:

@@ -35,19 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from _common import run_main
-
-
-def balanced_scores(logits: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(G, N, K)`` logits -> per classifier: balanced accuracy and class-balanced log-loss."""
-    counts = torch.bincount(y, minlength=k).clamp_min(1).to(logits.dtype)
-    present = torch.bincount(y, minlength=k) > 0
-    hit = (logits.argmax(2) == y).to(logits.dtype)  # (G, N)
-    nll = -F.log_softmax(logits, dim=2).gather(2, y.expand(len(logits), -1).unsqueeze(2)).squeeze(2)
-    per_class_acc = torch.zeros(len(logits), k, dtype=logits.dtype).index_add_(1, y, hit) / counts
-    per_class_nll = torch.zeros(len(logits), k, dtype=logits.dtype).index_add_(1, y, nll) / counts
-    return per_class_acc[:, present].mean(1), per_class_nll[:, present].mean(1)
 
 
 def logits_in_chunks(head, x: torch.Tensor, rows: int = 4096) -> torch.Tensor:
@@ -73,9 +61,10 @@ def record_set(path: Path, seeds: int) -> list[dict]:
 
         def score_fn(head, records=records):
             with torch.no_grad():
-                bal, nll = balanced_scores(logits_in_chunks(head, xv), yv, k)
-                test = (logits_in_chunks(head, xt).argmax(2) == yt).float().mean(1)
-            records.setdefault(id(head), []).append(torch.stack([bal, nll, test]).numpy())
+                scores = compare.head_validation_scores(head, xv, yv, k)  # balanced accuracy, -log-loss
+                test = (logits_in_chunks(head, xt).argmax(2) == yt).double().mean(1)
+            bal, nll = scores[:, 0], -scores[:, 1]
+            records.setdefault(id(head), []).append(torch.stack([bal, nll, test.to(bal.dtype)]).numpy())
             return bal
 
         jobs = [compare.plan_job(m, schedule, DEFAULT_LRS, None, True, DEFAULT_BUDGET) for m in methods]

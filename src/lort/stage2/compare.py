@@ -31,13 +31,9 @@ from .trainer import fit_head
 def head_balanced_accuracy(
     head: Head, x: torch.Tensor, labels: torch.Tensor, num_classes: int, budget: int = 1 << 22
 ) -> torch.Tensor:
-    """Balanced accuracy of every classifier of ``head`` on ``x``, computed in row
-    chunks so that at most ``budget`` logits (G x rows x K) exist at once: the validation
-    split of a large dataset scored by a whole grid never needs G full logit matrices."""
-    g = head.groups()
-    rows = max(1, budget // max(1, g * num_classes))
-    preds = torch.cat([head(x[i : i + rows]).argmax(2) for i in range(0, len(x), rows)], dim=1)  # (G, N)
-    return grouped_balanced_accuracy(preds, labels, num_classes)
+    """Balanced accuracy of every classifier of ``head`` on ``x``: the first column of
+    :func:`head_validation_scores`."""
+    return head_validation_scores(head, x, labels, num_classes, budget)[:, 0]
 
 
 def head_validation_scores(
@@ -47,11 +43,12 @@ def head_validation_scores(
     class-balanced log-loss (the mean over classes of the mean negative log-likelihood of
     their samples), compared in that order: the log-loss breaks the ties of balanced
     accuracy, which on a small validation split moves in coarse steps. Chosen by test
-    regret over the LORT suite (results/lort_default/selection.md). Row chunks as
-    :func:`head_balanced_accuracy`."""
+    regret over the LORT suite (results/lort_default/selection.md). Computed in row chunks
+    so that at most ``budget`` logits (G x rows x K) exist at once: the validation split of
+    a large dataset scored by a whole grid never needs G full logit matrices."""
     g = head.groups()
     rows = max(1, budget // max(1, g * num_classes))
-    preds, nll = [], x.new_zeros(g, num_classes)
+    preds, nll = [], labels.new_zeros(g, num_classes, dtype=torch.float32)  # x may be a source like Standardised
     for i in range(0, len(x), rows):
         logits, y = head(x[i : i + rows]).float(), labels[i : i + rows]
         preds.append(logits.argmax(2))
