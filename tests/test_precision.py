@@ -110,3 +110,35 @@ def test_tf32_matmuls_only_on_gpus_that_have_them_and_restores_the_setting(monke
             assert used is expected and torch.backends.cuda.matmul.allow_tf32 is expected
         assert torch.backends.cuda.matmul.allow_tf32 is False  # restored
     torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_compile_auto_compiles_long_cpu_runs_only_and_says_why(monkeypatch):
+    from lort.errors import LortError
+    from lort.runtime import compilation as C
+
+    monkeypatch.setattr(C, "cpp_compiler", lambda: "g++")
+    long_run = C.AUTO_MIN_STEPS
+    assert C.choose_compile("auto", "cpu", long_run).enabled
+    short = C.choose_compile("auto", "cpu", long_run - 1)
+    assert not short.enabled and f"{long_run - 1} training steps" in short.reason
+    assert not C.choose_compile("auto", "meta", long_run).enabled  # not measured off the CPU
+    assert C.choose_compile(True, "cpu", 1).enabled  # asked for: honoured
+    assert not C.choose_compile(False, "cpu", long_run).enabled
+    monkeypatch.setattr(C, "cpp_compiler", lambda: None)
+    no_cxx = C.choose_compile("auto", "cpu", long_run)
+    assert not no_cxx.enabled and "C++ compiler" in no_cxx.reason
+    assert C.choose_compile("auto", "cpu", long_run).to_dict()["setting"] == "auto"
+    for bad in ("yes", 1, 0, None):
+        with pytest.raises(LortError, match="stage1.compile must be auto, true or false"):
+            C.choose_compile(bad, "cpu", long_run)
+
+
+@pytest.mark.parametrize("value", ["maybe", "1", "2"])
+def test_a_bad_compile_setting_is_a_config_error(value):
+    from lort.config import load_config
+    from lort.errors import LortError
+
+    with pytest.raises(LortError, match="stage1.compile"):
+        load_config(None, [f"stage1.compile={value}"])
+    assert load_config(None, ["stage1.compile=false"]).stage1.compile is False
+    assert load_config(None, []).stage1.compile == "auto"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ from lort.errors import LortError
 from lort.models import create_model, list_models
 from lort.models.base import max_norm_
 from lort.runtime.checkpoint import load_model, read_checkpoint
+from lort.runtime.compilation import cpp_compiler
 from lort.stage1.train import cosine_factor, train
 
 from .conftest import SHARED_CIFAR10, make_cifar_archive
@@ -31,6 +33,36 @@ def test_every_model_separates_features_and_classifier():
         model.reset_classifier(3)
         assert model(x).shape == (2, 3)
     assert {"resnet50", "resnext50_32x4d"} <= set(list_models())
+
+
+def _out_of_place_features(model, x):
+    """ResNet-32 features written out of place, op by op, from the model's own layers."""
+    import torch.nn.functional as F
+
+    out = F.relu(model.bn1(model.conv1(x)))
+    for block in model.layers:
+        y = F.relu(block.bn1(block.conv1(out)))
+        out = F.relu(block.bn2(block.conv2(y)) + block._identity(out))
+    return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_in_place_blocks_give_the_out_of_place_loss_and_gradients(memory_format):
+    torch.manual_seed(0)
+    model = create_model("resnet32", 5).to(memory_format=memory_format).train()
+    x = torch.randn(8, 3, 32, 32).to(memory_format=memory_format)
+    y = torch.randint(0, 5, (8,))
+    results = []
+    for features in (model.forward_features, lambda t: _out_of_place_features(model, t)):
+        model.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model.forward_head(features(x)), y)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.allclose(loss_a, loss_b, rtol=1e-5, atol=1e-6)
+    assert len(grads_a) == len(grads_b) > 90
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-6)
 
 
 def test_resnet32_has_the_standard_size():
@@ -103,6 +135,29 @@ def test_resume_after_sigkill_gives_the_weights_of_an_uninterrupted_run(tmp_path
         assert torch.equal(a[key], b[key]), key
     lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(ln)["epoch"] for ln in lines] == [1, 2, 3, 4, 5, 6]
+
+
+def test_short_runs_stay_eager_and_record_why(tmp_path):
+    make_cifar_archive(tmp_path, "cifar10", 50, 2)
+    train(_small_config(tmp_path, **{"stage1.epochs": 1}), tmp_path / "run")
+    choice = json.loads((tmp_path / "run" / "environment.json").read_text())["compile"]
+    assert choice["setting"] == "auto" and choice["enabled"] is False
+    assert "training steps are fewer than" in choice["reason"]
+
+
+@pytest.mark.skipif(cpp_compiler() is None, reason="torch.compile needs a C++ compiler on the CPU")
+def test_a_compiled_run_trains_and_runs_its_short_last_batch_eagerly(tmp_path):
+    make_cifar_archive(tmp_path, "cifar10", 50, 2)
+    cfg = _small_config(tmp_path, **{"stage1.epochs": 2, "stage1.compile": True})
+    summary = train(cfg, tmp_path / "run")
+    env = json.loads((tmp_path / "run" / "environment.json").read_text())
+    assert env["compile"]["enabled"] is True
+    n_train = json.loads((tmp_path / "run" / "dataset.json").read_text())["train_size"]
+    assert n_train % 16 not in (0, 1)  # so each epoch ends in a short batch, run eagerly
+    lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert all(np.isfinite(r["train_loss"]) for r in lines)
+    assert 0.0 <= summary["test"]["acc"] <= 1.0
 
 
 def test_two_gloo_processes_end_with_identical_weights(tmp_path):

@@ -29,10 +29,10 @@ class Bottleneck(nn.Module):
             self.downsample = nn.Sequential(nn.Conv2d(in_planes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = F.relu(self.bn2(self.conv2(y)))
+        y = torch.relu_(self.bn1(self.conv1(x)))  # in place, as in the CIFAR blocks
+        y = torch.relu_(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(y))
-        return F.relu(y + self.downsample(x))
+        return torch.relu_(y.add_(self.downsample(x)))
 
 
 class ImageNetResNet(LortModel):

@@ -34,6 +34,7 @@ from ..layout import Stage1Run
 from ..models import create_model, model_input_size
 from ..models.base import max_norm_
 from ..runtime.checkpoint import load_model_state, read_checkpoint, save_checkpoint
+from ..runtime.compilation import choose_compile, compiled
 from ..runtime.distributed import DistInfo, barrier, cleanup, setup_distributed
 from ..runtime.precision import Precision, autocast, choose_precision
 
@@ -132,7 +133,10 @@ def train_one_epoch(
     epoch: int,
     steps: int,
     precision: Precision | None = None,
+    eager: nn.Module | None = None,
 ) -> dict:
+    """One epoch of ``model`` (compiled or not; ``eager``, the same model uncompiled, takes
+    batches shorter than ``stage1.batch_size``)."""
     model.train()
     s1 = cfg.stage1
     total_loss, correct, seen = 0.0, 0, 0
@@ -151,7 +155,10 @@ def train_one_epoch(
         x = x.to(info.device, memory_format=memory_format, non_blocking=True)
         y = y.to(info.device, non_blocking=True)
         with autocast(precision, info.device):
-            logits = model(x)
+            # A compiled model sees full batches only: an epoch's shorter last batch runs eagerly
+            # (the same weights), instead of compiling a second graph for its shape.
+            fn = model if len(y) == s1.batch_size or eager is None else eager
+            logits = fn(x)
             loss = F.cross_entropy(logits.float(), y)
         if not torch.isfinite(loss):
             raise LortError(
@@ -197,7 +204,7 @@ def _check_out_dir(out: Path, cfg: RunConfig, resume: bool) -> dict | None:
     saved, now = ckpt.get("config", {}), to_dict(cfg)
     for section in ("data", "stage1"):
         for key, value in now[section].items():
-            if key in ("workers",):
+            if key in ("workers", "compile"):  # speed settings: the same training either way
                 continue
             if saved.get(section, {}).get(key) != value:
                 raise LortError(
@@ -265,17 +272,20 @@ def _train(cfg: RunConfig, out: Path, resume: bool, dataset: LongTailedDataset |
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None
         )
-    train_fn = torch.compile(model) if s1.compile else model
     precision = choose_precision(s1.amp, info.device)
+    compiling = choose_compile(s1.compile, info.device, steps * (s1.epochs - start_epoch))
+    train_fn = compiled(model, compiling)
     metrics_path = Stage1Run(out).metrics
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(Stage1Run(out).config, dump_yaml(cfg))
         write_json(
             Stage1Run(out).environment,
-            environment(s1.seed) | {"world_size": info.world_size, "precision": precision.to_dict()},
+            environment(s1.seed)
+            | {"world_size": info.world_size, "precision": precision.to_dict(), "compile": compiling.to_dict()},
         )
         tqdm.write(f"stage 1 precision: {precision.name} ({precision.reason})")
+        tqdm.write(f"stage 1 torch.compile: {'on' if compiling.enabled else 'off'} ({compiling.reason})")
         write_json(Stage1Run(out).dataset, ds.summary())
         remove_stale_temporaries(out)  # a writer killed before its rename
         if ckpt is not None and "metrics" in ckpt:  # the log as of the checkpoint (a kill may fall in between)
@@ -292,7 +302,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, dataset: LongTailedDataset |
         batches = train_batches(ds.train, epoch, cfg, info, input_size)
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         record |= train_one_epoch(
-            train_fn, classifier, batches, optimizer, scheduler, scaler, cfg, info, epoch, steps, precision
+            train_fn, classifier, batches, optimizer, scheduler, scaler, cfg, info, epoch, steps, precision, model
         )
         if (
             info.is_main
