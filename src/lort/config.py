@@ -18,7 +18,7 @@ import yaml
 
 from .data.config import DataConfig
 from .errors import LortError
-from .runtime.compilation import COMPILE_SETTINGS
+from .runtime.compilation import valid_compile_setting
 from .runtime.precision import AMP_MODES
 from .stage2.schedule import DEFAULT_BUDGET, DEFAULT_LRS, DEFAULT_SEEDS, Schedule, check_comparison, check_lrs
 
@@ -35,7 +35,7 @@ class Stage1Config:
     max_norm: float | None = None  # per-class classifier weight-norm bound after each step
     amp: str = "auto"  # none | auto (bf16 where native: AMX or AVX512_BF16 CPUs, Ampere+ GPUs) | bf16 | fp16 (GPU)
     channels_last: bool = True
-    compile: bool | str = "auto"  # auto (CPU, fp32, runs of 10,000+ steps, a C++ compiler) | true | false
+    compile: bool | str = "auto"  # auto (CPU with a C++ compiler, runs of 10,000+ steps) | true | false
     deterministic: bool = True
     seed: int = 0
     workers: int = 4  # DataLoader workers for large (streamed) images
@@ -207,7 +207,7 @@ def validate(cfg: RunConfig) -> None:
         (s1.max_norm is None or s1.max_norm > 0, f"stage1.max_norm must be > 0, got {s1.max_norm}"),
         (s1.amp in AMP_MODES, f"stage1.amp must be one of {', '.join(AMP_MODES)}, got {s1.amp!r}"),
         (
-            s1.compile in COMPILE_SETTINGS and (s1.compile == "auto" or isinstance(s1.compile, bool)),
+            valid_compile_setting(s1.compile),
             f"stage1.compile must be auto, true or false, got {s1.compile!r}",
         ),
         (

@@ -17,8 +17,12 @@ import dataclasses
 
 import torch
 
-COMPILE_SETTINGS = ("auto", True, False)
 AUTO_MIN_STEPS = 10_000
+
+
+def valid_compile_setting(setting) -> bool:
+    """``auto``, ``true`` or ``false`` (YAML booleans; not 0 or 1)."""
+    return setting == "auto" or isinstance(setting, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +47,7 @@ def cpp_compiler() -> str | None:
 
 def choose_compile(setting: bool | str, device: torch.device | str, steps: int) -> CompileChoice:
     """Resolve ``stage1.compile`` for a run of ``steps`` training steps on ``device``."""
-    if setting not in COMPILE_SETTINGS or isinstance(setting, int) and not isinstance(setting, bool):
+    if not valid_compile_setting(setting):
         from ..errors import LortError
 
         raise LortError(f"stage1.compile must be auto, true or false, got {setting!r}")
