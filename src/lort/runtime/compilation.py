@@ -2,7 +2,7 @@
 
 ``stage1.compile: auto`` (the default) compiles only where it has been measured to pay:
 on a CPU with a C++ compiler that inductor can use, for a run of at least
-:data:`AUTO_MIN_STEPS` steps. Compiling ResNet-32's training step took 27-69 s on 2 cores
+:data:`AUTO_MIN_STEPS` steps. Compiling ResNet-32's training step took 27-82 s on 2 cores
 (once per process; about 5 s with inductor's cache warm) and then ran 12-28% faster than
 eager in fp32 and 37% faster in bf16 (fused batch-norm, ReLU and residual kernels;
 ``python benchmarks/stage1_throughput.py``), so a short run such as the demo (about
@@ -63,7 +63,7 @@ def choose_compile(setting: bool | str, device: torch.device | str, steps: int) 
             setting,
             False,
             f"{steps} training steps are fewer than {AUTO_MIN_STEPS:,}, below which compiling "
-            "(about half a minute to a minute) is not sure to pay",
+            "(half a minute to a minute and a half here) is not sure to pay",
         )
     cxx = cpp_compiler()
     if cxx is None:
