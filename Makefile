@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 LORT_DATA ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 export LORT_DATA
 
-.PHONY: venv test lint demo clean
+.PHONY: venv test lint docs demo clean
 
 venv: $(STAMP)
 
@@ -17,10 +17,14 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 
-test: lint
+docs: $(STAMP)
+	$(BIN)/python scripts/gen_docs.py --check
+	$(BIN)/mkdocs build --strict --quiet
+
+test: lint docs
 	./scripts/ensure-chromium
 	$(BIN)/python -m pytest -q
 
@@ -31,4 +35,4 @@ demo: $(STAMP)
 	$(BIN)/lort run configs/demo.yaml --out $(DEMO_OUT)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache site

@@ -37,8 +37,9 @@ def balanced_accuracy(logits: np.ndarray, y: np.ndarray) -> float:
 
 def study_set(path: Path) -> dict:
     from lort.data.features import FeatureSet, load_features
-    from lort.stage2.compare import context, fit_method, logits_of
-    from lort.stage2.heads import CentredHead, discriminant_directions
+    from lort.stage2.compare import fit_method
+    from lort.stage2.context import context
+    from lort.stage2.heads import CentredHead, discriminant_directions, logits_of
     from lort.stage2.methods import METHODS
     from lort.stage2.schedule import Schedule
 

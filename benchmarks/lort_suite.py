@@ -58,11 +58,11 @@ def without_validation(fs):
 
 def ablations(fs, seed: int, rare) -> dict[str, tuple[float, float]]:
     """The default LORT head untrained, and trained with cross-entropy (lr 5e-4 and 5e-2)."""
-    from lort.stage2.compare import context, logits_of
-    from lort.stage2.heads import CentredHead
-    from lort.stage2.losses import grouped_cross_entropy
+    from lort.stage2.context import context
+    from lort.stage2.heads import CentredHead, logits_of
     from lort.stage2.schedule import Schedule
     from lort.stage2.trainer import fit_head
+    from lort.testing.oracles import grouped_cross_entropy
 
     schedule = Schedule(seed=seed)
     ctx = context(fs, schedule, seed)
@@ -89,7 +89,8 @@ def ablations(fs, seed: int, rare) -> dict[str, tuple[float, float]]:
 
 def run_set(path: Path, out: Path) -> dict:
     from lort.data.features import load_features
-    from lort.stage2.compare import evaluate_test, fit_method, logits_of
+    from lort.stage2.compare import evaluate_test, fit_method
+    from lort.stage2.heads import logits_of
     from lort.stage2.methods import METHODS
     from lort.stage2.schedule import Schedule
     from lort.stage2.workflow import run_compare

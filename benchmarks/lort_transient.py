@@ -72,9 +72,10 @@ def curves(fs, head, loss, lrs, with_magnitude=False) -> dict:
 def run_set(path: Path) -> dict:
     from lort.data.features import load_features
     from lort.stage2 import losses as L
-    from lort.stage2.compare import context
+    from lort.stage2.context import context
     from lort.stage2.heads import CentredHead, LinearHead
     from lort.stage2.schedule import Schedule
+    from lort.testing import oracles as O
 
     fs = load_features(path)
     ctx = context(fs, Schedule())
@@ -83,10 +84,10 @@ def run_set(path: Path) -> dict:
 
     def lort(g):
         target_s = torch.full((g,), 0.98)
-        return lambda z, labels, e: L.grouped_soft_cross_entropy(z, L.grouped_lort_target(labels, k, target_s))
+        return lambda z, labels, e: O.grouped_soft_cross_entropy(z, L.grouped_lort_target(labels, k, target_s))
 
     def ce(z, labels, e):
-        return L.grouped_cross_entropy(z, labels)
+        return O.grouped_cross_entropy(z, labels)
 
     gentle, fast = [1e-4, 5e-4, 5e-3], [5e-4, 5e-3, 5e-2]
     fixed = CentredHead.from_classifier(w, ctx.x, 3)

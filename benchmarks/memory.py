@@ -103,7 +103,7 @@ def main() -> None:
               f"no stage-1 classifier; {nbytes / 2**20:.0f} MiB of arrays (written in {time.perf_counter() - t:.0f} s)",
               flush=True)  # fmt: skip
         sched = Schedule(epochs=args.epochs)
-        plan = make_plan(resolve_methods(["lort"]), load_features(feats), sched, DEFAULT_LRS, budget=6)
+        plan = make_plan(resolve_methods(["lort"]), load_features(feats), sched, DEFAULT_LRS, fits_per_method=6)
         per = setting_bytes(args.classes, args.dim, sched.batch_size) / 2**20
         results |= {"feature_bytes_mib": nbytes / 2**20, "setting_mib": per, "stage2_epochs": args.epochs}
         runs = {

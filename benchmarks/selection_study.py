@@ -44,9 +44,9 @@ def logits_in_chunks(head, x: torch.Tensor, rows: int = 4096) -> torch.Tensor:
 
 def record_set(path: Path, seeds: int) -> list[dict]:
     from lort.data.features import load_features
-    from lort.stage2 import compare
+    from lort.stage2 import context, engine, plan, selection
     from lort.stage2.methods import METHODS
-    from lort.stage2.schedule import DEFAULT_BUDGET, DEFAULT_LRS, Schedule
+    from lort.stage2.schedule import DEFAULT_FITS_PER_METHOD, DEFAULT_LRS, Schedule
 
     fs = load_features(path)
     k = fs.num_classes
@@ -56,19 +56,19 @@ def record_set(path: Path, seeds: int) -> list[dict]:
     rows = []
     for seed in range(seeds):
         schedule = dataclasses.replace(Schedule(), seed=seed)
-        ctx = compare.context(fs, schedule, seed)
+        ctx = context.context(fs, schedule, seed)
         records: dict[int, list[np.ndarray]] = {}
 
         def score_fn(head, records=records):
             with torch.no_grad():
-                scores = compare.head_validation_scores(head, xv, yv, k)  # balanced accuracy, -log-loss
+                scores = selection.head_validation_scores(head, xv, yv, k)  # balanced accuracy, -log-loss
                 test = (logits_in_chunks(head, xt).argmax(2) == yt).double().mean(1)
             bal, nll = scores[:, 0], -scores[:, 1]
             records.setdefault(id(head), []).append(torch.stack([bal, nll, test.to(bal.dtype)]).numpy())
             return bal
 
-        jobs = [compare.plan_job(m, schedule, DEFAULT_LRS, None, True, DEFAULT_BUDGET) for m in methods]
-        trained = compare.train_jobs(jobs, ctx, schedule, score_fn)
+        jobs = [plan.plan_job(m, schedule, DEFAULT_LRS, None, True, DEFAULT_FITS_PER_METHOD) for m in methods]
+        trained = engine.train_jobs(jobs, ctx, schedule, score_fn)
         for job in jobs:
             cells = trained[id(job)]
             # (settings, epochs) arrays of each figure
@@ -174,10 +174,10 @@ def main() -> None:
 
     from lort.errors import LortError
     from lort.io import write_json, write_text
-    from lort.stage2 import compare
+    from lort.stage2 import engine
 
     # Every pass in this process: the recording score function must see each epoch.
-    compare.concurrent_passes = lambda *a, **kw: 1
+    engine.concurrent_passes = lambda *a, **kw: 1
     out = Path(args.out)
     done = out.with_suffix(".json")
     rows = json.loads(done.read_text())["records"] if done.is_file() else []

@@ -23,7 +23,7 @@ from lort.io import write_json
 from lort.runtime.precision import cpu_capability
 from lort.stage2.methods import resolve_methods
 from lort.stage2.plan import make_plan, matmul_rate
-from lort.stage2.schedule import DEFAULT_BUDGET, DEFAULT_LRS, DEFAULT_SEEDS, Schedule
+from lort.stage2.schedule import DEFAULT_FITS_PER_METHOD, DEFAULT_LRS, DEFAULT_SEEDS, Schedule
 
 DATASETS = {
     "ImageNet-LT": (1000, 115_846, 20_000, 50_000),
@@ -62,7 +62,7 @@ def main():
         fs = shapes(k, train, val, test)
         plan = make_plan(  # what `lort compare --methods all` plans by default: 6 fits per method, 3 seeds
             methods, fs, schedule, DEFAULT_LRS, budget_bytes=int(args.budget_gib * 2**30),
-            budget=DEFAULT_BUDGET, seeds=DEFAULT_SEEDS,
+            fits_per_method=DEFAULT_FITS_PER_METHOD, seeds=DEFAULT_SEEDS,
         )  # fmt: skip
         rate = matmul_rate(plan, rounds=5)
         print(f"\n{name}\n{plan.describe(rate)}")

@@ -32,7 +32,7 @@ from lort.runtime.precision import cpu_capability
 from lort.stage2.compare import compare
 from lort.stage2.methods import resolve_methods
 from lort.stage2.plan import make_plan, matmul_rate, step_costs
-from lort.stage2.schedule import DEFAULT_BUDGET, DEFAULT_LRS, Schedule
+from lort.stage2.schedule import DEFAULT_FITS_PER_METHOD, DEFAULT_LRS, Schedule
 
 
 def synthetic(k: int, d: int, n_max: int, seed: int = 0) -> FeatureSet:
@@ -58,10 +58,12 @@ def synthetic(k: int, d: int, n_max: int, seed: int = 0) -> FeatureSet:
 def measure(name: str, fs: FeatureSet) -> dict:
     methods = resolve_methods(["all"])
     schedule = Schedule()
-    plan = make_plan(methods, fs, schedule, DEFAULT_LRS, budget=DEFAULT_BUDGET)  # lort compare's default
+    plan = make_plan(
+        methods, fs, schedule, DEFAULT_LRS, fits_per_method=DEFAULT_FITS_PER_METHOD
+    )  # lort compare's default
     before, costs = matmul_rate(plan, rounds=5), step_costs()
     t0 = time.perf_counter()
-    results = compare(fs, methods, schedule, DEFAULT_LRS, plan=plan, budget=DEFAULT_BUDGET)
+    results = compare(fs, methods, schedule, DEFAULT_LRS, plan=plan, fits_per_method=DEFAULT_FITS_PER_METHOD)
     total = time.perf_counter() - t0
     rate = max(before, matmul_rate(plan, rounds=5))  # the machine's speed drifts: the higher of before and after
     achieved = plan.flop / total

@@ -7,9 +7,10 @@ import pytest
 
 from lort.analysis.uncertainty import paired_bootstrap
 from lort.cli import main
-from lort.stage2.compare import compare, plan_job, spread
+from lort.stage2.compare import compare
 from lort.stage2.methods import METHODS
-from lort.stage2.schedule import DEFAULT_BUDGET, DEFAULT_LRS, Schedule
+from lort.stage2.plan import plan_job, spread
+from lort.stage2.schedule import DEFAULT_FITS_PER_METHOD, DEFAULT_LRS, Schedule
 
 from .test_stage2 import _toy
 
@@ -21,21 +22,23 @@ def toy():
 
 def test_every_trained_method_gets_the_same_number_of_fits_with_its_default_among_them():
     for m in METHODS.values():
-        job = plan_job(m, Schedule(), DEFAULT_LRS, None, True, DEFAULT_BUDGET)
-        assert len(job.settings) == DEFAULT_BUDGET if m.trains else len(job.settings) <= DEFAULT_BUDGET, m.name
+        job = plan_job(m, Schedule(), DEFAULT_LRS, None, True, DEFAULT_FITS_PER_METHOD)
+        assert (
+            len(job.settings) == DEFAULT_FITS_PER_METHOD if m.trains else len(job.settings) <= DEFAULT_FITS_PER_METHOD
+        ), m.name
         default = m.settings(None, search=False)[0]
         assert any({k: v for k, v in s.items() if k != "lr"} == default for s in job.settings), m.name
-    ce = plan_job(METHODS["ce"], Schedule(), DEFAULT_LRS, None, True, DEFAULT_BUDGET)
+    ce = plan_job(METHODS["ce"], Schedule(), DEFAULT_LRS, None, True, DEFAULT_FITS_PER_METHOD)
     lrs = sorted(s["lr"] for s in ce.settings)
     assert len(set(lrs)) == 6 and lrs[0] == min(DEFAULT_LRS) and lrs[-1] == max(DEFAULT_LRS)
-    lort = plan_job(METHODS["lort"], Schedule(), DEFAULT_LRS, None, True, DEFAULT_BUDGET)
+    lort = plan_job(METHODS["lort"], Schedule(), DEFAULT_LRS, None, True, DEFAULT_FITS_PER_METHOD)
     assert sorted({s["lr"] for s in lort.settings}) == sorted(DEFAULT_LRS)
     # the whole grid when asked, user-fixed lists kept whole, one fit each with a single learning rate
     assert len(plan_job(METHODS["lort"], Schedule(), DEFAULT_LRS, None, True, None).settings) == 21
     fixed = plan_job(METHODS["lort"], Schedule(), DEFAULT_LRS, {"smooth": [0.9, 0.95, 0.98]}, True, 6)
     assert len(fixed.settings) == 9
     for m in METHODS.values():
-        assert len(plan_job(m, Schedule(), (0.01,), None, True, DEFAULT_BUDGET).settings) == 1, m.name
+        assert len(plan_job(m, Schedule(), (0.01,), None, True, DEFAULT_FITS_PER_METHOD).settings) == 1, m.name
 
 
 def test_spread_keeps_the_ends_and_the_default():

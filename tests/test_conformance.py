@@ -13,7 +13,7 @@ import torch
 
 from lort.stage2.heads import Head
 from lort.stage2.methods import METHODS, FitContext, drw_start
-from lort.stage2.schedule import DEFAULT_BUDGET
+from lort.stage2.schedule import DEFAULT_FITS_PER_METHOD
 
 COUNTS = np.array([6, 3, 1])
 X = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0], [-1.0, 0.5]])
@@ -198,4 +198,4 @@ def test_every_method_is_covered_here_and_lists_its_deviations():
     assert set(METHODS) == covered
     for m in METHODS.values():
         assert m.deviations and "Deviations from the source" in m.describe(), m.name
-    assert DEFAULT_BUDGET >= 1
+    assert DEFAULT_FITS_PER_METHOD >= 1

@@ -22,6 +22,7 @@ from lort.stage2.compare import compare
 from lort.stage2.heads import CosineHead, LinearHead, LWSHead
 from lort.stage2.methods import METHODS, FitContext
 from lort.stage2.trainer import Schedule
+from lort.testing import oracles as O
 
 META = torch.device("meta")
 K, D, N = 5, 8, 40
@@ -54,14 +55,14 @@ def test_losses_compute_on_the_inputs_device():
     assert L.lort_target(labels, K, 0.9).device == META
     grouped = torch.randn(3, 6, K).to(META)
     assert L.grouped_lort_target(labels, K, torch.tensor([0.5, 0.9, 0.98])).device == META
-    assert L.grouped_cross_entropy(grouped, labels).device == META
-    assert L.grouped_focal(grouped, labels, torch.tensor([1.0, 2.0, 2.0]).to(META)).device == META
+    assert O.grouped_cross_entropy(grouped, labels).device == META
+    assert O.grouped_focal(grouped, labels, torch.tensor([1.0, 2.0, 2.0]).to(META)).device == META
 
 
 @pytest.mark.parametrize("make", [
     lambda w, b: LinearHead(w, b, 3),
     lambda w, b: LWSHead(w, b, 3),
-    lambda w, b: CosineHead(w, groups=3),
+    lambda w, b: CosineHead(w, 30.0, groups=3),
 ])  # fmt: skip
 def test_heads_stay_on_the_inputs_device(make):
     head = make(torch.randn(K, D).to(META), torch.zeros(K).to(META))

@@ -1,4 +1,6 @@
-"""The README's "Use LORT on your model" snippets, run exactly as written."""
+"""The README's "Use LORT on your model" snippets, run exactly as written; the documents'
+promises (the bad-input catalogue names real tests, every measured figure has a file,
+the generated pages are current, the site builds strictly, the README stays short)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from torch import nn
 
 from .conftest import make_image_tree
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 
 
 def snippets(section: str) -> list[tuple[str, str]]:
@@ -63,16 +67,57 @@ def test_shell_snippet_runs(tmp_path):
 
 
 def test_every_row_of_the_bad_input_catalogue_names_an_existing_test():
-    text = README.read_text()
-    table = text[text.index("## Bad input the tool detects") : text.index("## Architecture")]
+    text = (DOCS / "reliability.md").read_text()
+    table = text[text.index("## Bad input the tool detects") :]
     rows = [ln for ln in table.splitlines() if ln.startswith("| ") and not ln.startswith("| input") and "---" not in ln]
     assert len(rows) >= 20
-    root = README.parent
     for row in rows:
         ids = re.findall(r"`(tests/\w+\.py)::(\w+)`", row.split(" | ")[-1])
         assert ids, f"row names no test: {row[:80]}"
         for path, name in ids:
-            assert f"def {name}(" in (root / path).read_text(), f"{path}::{name} does not exist"
+            assert f"def {name}(" in (ROOT / path).read_text(), f"{path}::{name} does not exist"
+
+
+def test_the_readme_is_short_and_its_links_resolve():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 250
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+        if "://" not in target:
+            assert (ROOT / target).exists(), f"README links to a missing {target}"
+
+
+def test_the_generated_pages_are_current():
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_docs.py"), "--check"], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+
+
+def test_the_generated_check_fails_on_a_stale_page(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen_docs", ROOT / "scripts" / "gen_docs.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    for name, render in gen.PAGES.items():
+        (tmp_path / name).write_text(render().rstrip("\n") + "\n")
+    monkeypatch.setattr(gen, "DOCS", tmp_path)
+    assert gen.main(["--check"]) == 0
+    (tmp_path / "methods.md").write_text("stale\n")
+    assert gen.main(["--check"]) == 1
+
+
+def test_the_documentation_site_builds_strictly(tmp_path):
+    pytest.importorskip("mkdocs")
+    res = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "site" / "methods" / "index.html").is_file()
 
 
 # ----------------------------------------------------------------------------- measured figures have files
@@ -100,17 +145,18 @@ def _forms(number: str) -> set[str]:
     return forms
 
 
-def table_numbers(section: str) -> list[str]:
-    text = README.read_text()
-    start = text.index(f"## {section}")
-    end = text.find("\n## ", start + 1)
+def table_numbers(path: Path, section: str | None = None) -> list[str]:
+    text = path.read_text()
+    start = text.index(f"## {section}") if section else 0
+    end = text.find("\n## ", start + 1) if section else -1
     rows = [line for line in text[start:end].splitlines() if line.startswith("|") and not line.startswith("|---")]
     return [n for row in rows for n in NUMBER.findall(row.split("|", 2)[-1])]
 
 
-def test_every_number_in_the_measured_results_tables_is_found_in_a_file_under_results():
+@pytest.mark.parametrize("where", [("README.md", "Results"), ("docs/benchmarks.md", None)])
+def test_every_number_in_the_measured_results_tables_is_found_in_a_file_under_results(where):
     text = _results_text()
-    numbers = table_numbers("Measured results")
-    assert len(numbers) > 50
+    numbers = table_numbers(ROOT / where[0], where[1])
+    assert len(numbers) > 20
     missing = sorted({n for n in numbers if not any(f in text for f in _forms(n))}, key=float)
-    assert not missing, f"README table figures with no file under results/: {missing}"
+    assert not missing, f"{where[0]} table figures with no file under results/: {missing}"

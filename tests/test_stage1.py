@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ import torch
 from lort.cli import main
 from lort.config import load_config
 from lort.errors import LortError
+from lort.io import FAILPOINT_ENV
 from lort.models import create_model, list_models
 from lort.models.base import max_norm_
 from lort.runtime.checkpoint import load_model, read_checkpoint
@@ -116,14 +116,15 @@ def test_resume_after_sigkill_gives_the_weights_of_an_uninterrupted_run(tmp_path
            "--set", f"data.root={tmp_path}", "--set", "data.max_per_class=40", "--set", "data.imbalance_ratio=10",
            "--set", "data.val_per_class=4", "--epochs", "6", "--batch-size", "16",
            "--set", "stage1.eval_batch_size=64"]  # fmt: skip
-    env = dict(os.environ)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # killed by its own crash-test hook in the middle of epoch 3 (steps of the 6-epoch run are
+    # counted, not timed): the same moment on a fast machine and a slow one
+    steps_per_epoch = read_checkpoint(full / "last.pt")["scheduler"]["last_epoch"] // 6
+    assert steps_per_epoch >= 2
+    env = dict(os.environ, **{FAILPOINT_ENV: f"stage1-step:{2 * steps_per_epoch + steps_per_epoch // 2 + 1}"})
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
     metrics = tmp_path / "killed" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 1):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert metrics.read_text().count("\n") == 2  # two epochs logged, the third cut short
     assert not (tmp_path / "killed" / "summary.json").exists(), "run finished before it could be killed"
     assert main(["train", "--out", str(tmp_path / "killed"), "--resume", "--set", f"data.root={tmp_path}",
                  "--set", "data.max_per_class=40", "--set", "data.imbalance_ratio=10", "--set",

@@ -11,22 +11,33 @@ from .errors import LortError
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    from .data import DATASETS
+    from .data import DATASETS, DataConfig
 
+    d = DataConfig()  # the defaults' one owner
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="cifar10", choices=DATASETS, help="dataset (default cifar10)")
+    g.add_argument("--dataset", default=d.dataset, choices=DATASETS, help=f"dataset (default {d.dataset})")
     g.add_argument("--root", help="data folder (default: $LORT_DATA)")
-    g.add_argument("--imbalance-ratio", type=float, default=100.0, help="n_max / n_min (default 100)")
-    g.add_argument("--profile", default="exp", choices=("exp", "step", "none"), help="imbalance profile")
+    g.add_argument(
+        "--imbalance-ratio",
+        type=float,
+        default=d.imbalance_ratio,
+        help=f"n_max / n_min (default {d.imbalance_ratio:g})",
+    )
+    g.add_argument("--profile", default=d.profile, choices=("exp", "step", "none"), help="imbalance profile")
     g.add_argument("--max-per-class", type=int, help="n_max (default: all images of the largest class)")
     g.add_argument(
         "--selection",
-        default="first",
+        default=d.selection,
         choices=("first", "random"),
         help="which images a class keeps",
     )
-    g.add_argument("--seed", type=int, default=0, help="seed of random selection and the validation split")
-    g.add_argument("--val-per-class", type=int, default=20, help="validation images per class (default 20)")
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of random selection and the validation split")
+    g.add_argument(
+        "--val-per-class",
+        type=int,
+        default=d.val_per_class,
+        help=f"validation images per class (default {d.val_per_class})",
+    )
     g.add_argument("--download", action="store_true", help="download official CIFAR archives when missing")
     g.add_argument("--list-dir", help="folder holding the list files (list datasets)")
     g.add_argument("--train-list", help="train list file (relative/path label per line)")
@@ -199,7 +210,7 @@ def _add_stage2_args(p: argparse.ArgumentParser) -> None:
 
 
 def _schedule(args: argparse.Namespace):
-    from .stage2.schedule import Schedule, check_lrs
+    from .stage2.schedule import Schedule
 
     try:
         lrs = tuple(float(v) for v in args.lrs.split(",") if v.strip())
@@ -207,16 +218,14 @@ def _schedule(args: argparse.Namespace):
         raise LortError(f"--lrs must be comma-separated numbers, got {args.lrs!r}") from None
     if args.lr is not None:
         lrs = (args.lr,)
-    lrs = tuple(check_lrs(lrs, "learning rate"))
-    schedule = Schedule(
+    return Schedule.searching(
+        lrs,
         epochs=args.epochs,
-        lr=lrs[0],
         momentum=args.momentum,
         weight_decay=args.weight_decay,
         batch_size=args.batch_size,
         seed=args.seed,
     )
-    return schedule, lrs
 
 
 MODEL_FORMATS = (
@@ -350,8 +359,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.memory_budget is not None and args.memory_budget <= 0:
         raise LortError(f"--memory-budget must be a positive number of MiB, got {args.memory_budget}")
     src = load_feature_source(args.features, args.checkpoint, args.root, args.views, args.mode, args.bn_mode, args.seed)
-    budget = None if args.memory_budget is None else int(args.memory_budget * 2**20)
-    plan = make_plan(resolved, src.features, schedule, lrs, fixed, budget, budget=fits, seeds=args.seeds)
+    memory_bytes = None if args.memory_budget is None else int(args.memory_budget * 2**20)
+    plan = make_plan(resolved, src.features, schedule, lrs, fixed, memory_bytes, fits_per_method=fits, seeds=args.seeds)
     print(plan.describe(matmul_rate(plan), step_costs()), file=sys.stderr)
     if args.dry_run:
         return 0
@@ -366,7 +375,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         fixed=fixed,
         plan=plan,
         show_progress=True,
-        budget=fits,
+        fits_per_method=fits,
         seeds=args.seeds,
     )
     print(path.read_text())
@@ -550,12 +559,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="MiB stage 2 may use, features included (default: the features plus 90%% of the memory free now); "
         "it caps how many settings train side by side",
     )
-    from .stage2.schedule import DEFAULT_BUDGET, DEFAULT_SEEDS
+    from .stage2.schedule import DEFAULT_FITS_PER_METHOD, DEFAULT_SEEDS
 
     cp.add_argument(
         "--budget",
-        default=str(DEFAULT_BUDGET),
-        help=f"fits per method, the same for every method (default {DEFAULT_BUDGET}: 3 learning rates x 2 "
+        default=str(DEFAULT_FITS_PER_METHOD),
+        help=f"fits per method, the same for every method (default {DEFAULT_FITS_PER_METHOD}: 3 learning rates x 2 "
         "settings, or 6 learning rates for a method without hyperparameters); 'grid' trains every method's "
         "whole grid (unequal budgets)",
     )

@@ -20,56 +20,57 @@ from .data.config import DataConfig
 from .errors import LortError
 from .runtime.compilation import valid_compile_setting
 from .runtime.precision import AMP_MODES
-from .stage2.schedule import DEFAULT_BUDGET, DEFAULT_LRS, DEFAULT_SEEDS, Schedule, check_comparison, check_lrs
+from .stage2.schedule import DEFAULT_FITS_PER_METHOD, DEFAULT_LRS, DEFAULT_SEEDS, Schedule, check_comparison, check_lrs
 
 
 @dataclass
 class Stage1Config:
-    model: str = "resnet32"
-    epochs: int = 200
+    model: str = "resnet32"  # a registered backbone: resnet32, resnet34_cifar, resnet50, resnext50_32x4d
+    epochs: int = 200  # the standard CIFAR-LT schedule
     batch_size: int = 64
-    lr: float = 0.01
+    lr: float = 0.01  # the weight-balancing recipe (tuned for CIFAR-100-LT, ResNet-34)
     momentum: float = 0.9
-    weight_decay: float = 5e-3
-    warmup_epochs: int = 0
+    weight_decay: float = 5e-3  # the recipe's tuned weight decay
+    warmup_epochs: int = 0  # linear warm-up before the cosine schedule
     max_norm: float | None = None  # per-class classifier weight-norm bound after each step
     amp: str = "auto"  # none | auto (bf16 where native: AMX or AVX512_BF16 CPUs, Ampere+ GPUs) | bf16 | fp16 (GPU)
-    channels_last: bool = True
+    channels_last: bool = True  # memory format of the convolutions (faster on CPUs and tensor cores)
     compile: bool | str = "auto"  # auto (CPU with a C++ compiler, runs of 10,000+ steps) | true | false
-    deterministic: bool = True
-    seed: int = 0
+    deterministic: bool = True  # deterministic algorithms (the same weights from the same seed on a CPU)
+    seed: int = 0  # seed of initialisation, batch order and augmentation
     workers: int = 4  # DataLoader workers for large (streamed) images
-    eval_every: int = 1
+    eval_every: int = 1  # epochs between validation passes
     steps_per_epoch: int | None = None  # cap, for quick tests and smoke runs
-    eval_batch_size: int = 512
+    eval_batch_size: int = 512  # batch size of evaluation and feature extraction
 
 
 @dataclass
 class Stage2Config:
-    methods: list[str] = field(default_factory=lambda: ["all"])
+    methods: list[str] = field(default_factory=lambda: ["all"])  # names from `lort methods`, or all
     params: dict = field(default_factory=dict)  # {method: {hyperparameter: value or list to search}}
     views: int = 1  # training views in the feature cache (1 = plain images)
-    epochs: int = Schedule.epochs
-    batch_size: int = Schedule.batch_size
-    momentum: float = Schedule.momentum
-    weight_decay: float = Schedule.weight_decay
+    epochs: int = Schedule.epochs  # re-training epochs (validation after each)
+    batch_size: int = Schedule.batch_size  # re-training batch size
+    momentum: float = Schedule.momentum  # SGD momentum
+    weight_decay: float = Schedule.weight_decay  # weight decay of methods that set none of their own
     lrs: list[float] = field(default_factory=lambda: list(DEFAULT_LRS))  # searched on validation
-    seed: int = Schedule.seed
+    seed: int = Schedule.seed  # first stage-2 seed (batch order, re-initialised heads)
     seeds: int = DEFAULT_SEEDS  # stage 2 repeated with this many seeds (mean, sd, bootstrap intervals)
-    budget: int | None = DEFAULT_BUDGET  # fits per method, the same for all; none: every method's whole grid
+    budget: int | None = DEFAULT_FITS_PER_METHOD  # fits per method, the same for all; none: every method's whole grid
     tta_flip: bool = False  # test-time flip averaging of val/test features (reported when on)
     sweep: bool = True  # the smoothing sweep and the lr x weight-decay grid of the report
 
     def schedule(self) -> Schedule:
         """The re-training schedule of this section (the first learning rate as its lr)."""
-        return Schedule(
+        schedule, _ = Schedule.searching(
+            self.lrs,
             epochs=self.epochs,
-            lr=self.lrs[0],
             momentum=self.momentum,
             weight_decay=self.weight_decay,
             batch_size=self.batch_size,
             seed=self.seed,
         )
+        return schedule
 
 
 @dataclass

@@ -193,19 +193,18 @@ class _RetrainerBase(_Mixin, _Base):
         raise NotImplementedError
 
     def _schedule_lrs(self) -> tuple[Schedule, tuple[float, ...]]:
-        lrs = check_lrs(_grid_values(self.lr, "lr"), "lr")
+        lrs = check_lrs(_grid_values(self.lr, "lr"), "lr")  # named "lr" in its error
         seed = 0 if self.random_state is None else self.random_state
         if not isinstance(seed, int | np.integer):
             raise InputError(f"random_state must be an integer or None, got {seed!r}")
-        schedule = Schedule(
+        return Schedule.searching(
+            lrs,
             epochs=self.epochs,
-            lr=float(lrs[0]),
             momentum=self.momentum,
             weight_decay=self.weight_decay,
             batch_size=self.batch_size,
             seed=int(seed),
         )
-        return schedule, tuple(float(v) for v in lrs)
 
     def _init_classifier(self, k: int, d: int):
         if self.warm_start and hasattr(self, "coef_"):
@@ -383,7 +382,7 @@ class RetrainingClassifier(_RetrainerBase):
     """Any registered stage-2 method (``lort methods`` lists them) as an estimator.
 
     ``params`` sets the method's own hyperparameters (e.g. ``{"tau": [0.5, 1.0]}`` for
-    ``tau_norm``, ``{"beta": 0.9999}`` for ``cb_reweight``); lists are searched on
+    ``tau_norm``, ``{"beta": 0.999}`` for ``cb_reweight``); lists are searched on
     validation data; a method's hyperparameters not given take their whole grid with
     validation data and their default (the source's, where it publishes one) without. The other arguments are as for
     :class:`LogitsRetargetingClassifier`."""

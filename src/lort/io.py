@@ -27,8 +27,10 @@ _writes: dict[str, int] = {}
 
 def _failpoint(name: str) -> None:
     """Crash-test hook: with ``LORT_FAILPOINT=NAME:N`` the process kills itself (SIGKILL)
-    at the N-th write of a file called NAME, after the temporary file is written and
-    before it is renamed into place -- the worst moment for a crash. Unset: no effect."""
+    the N-th time it passes the point called NAME: the N-th write of a file called NAME,
+    after the temporary file is written and before it is renamed into place -- the worst
+    moment for a crash -- or ``stage1-step``, after the N-th optimisation step of stage 1
+    (a kill in the middle of an epoch, at the same step on any machine). Unset: no effect."""
     spec = os.environ.get(FAILPOINT_ENV)
     if not spec:
         return
@@ -38,6 +40,9 @@ def _failpoint(name: str) -> None:
     _writes[name] = _writes.get(name, 0) + 1
     if str(_writes[name]) == count:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+failpoint = _failpoint  # the crash-test hook, for points that are not file writes
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None) -> list[Path]:

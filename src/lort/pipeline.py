@@ -100,7 +100,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path, command: str | None = None) ->
             str(feats),
             progress=lambda m: _log(f"   {m}"),
             fixed=s2.params,
-            budget=s2.budget,
+            fits_per_method=s2.budget,
             seeds=s2.seeds,
         )
         board = json.loads((run.compare.leaderboard_json).read_text())

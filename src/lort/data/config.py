@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import LortError
+from . import longtail
 from .longtail import LongTailedDataset, make_long_tailed
 from .readers import (
     CIFAR,
@@ -20,20 +21,20 @@ DATASETS = (*CIFAR, "imagefolder", *LIST_DATASETS)
 
 @dataclass
 class DataConfig:
-    dataset: str = "cifar10"
+    dataset: str = "cifar10"  # cifar10, cifar100, imagefolder, imagenet_lt, inat2018, places_lt
     root: str | None = None  # default: the LORT_DATA environment variable
-    imbalance_ratio: float = 100.0
-    profile: str = "exp"
-    max_per_class: int | None = None
-    selection: str = "first"
-    seed: int = 0
-    val_per_class: int = 20
-    download: bool = False
+    imbalance_ratio: float = longtail.IMBALANCE_RATIO  # n_max / n_min of the long-tailed training split
+    profile: str = longtail.PROFILE  # exp (the standard CIFAR-LT generator), step, or none (as given)
+    max_per_class: int | None = None  # n_max (default: every image of the largest class)
+    selection: str = longtail.SELECTION  # which images a class keeps: first (file order) or random (seeded)
+    seed: int = longtail.SPLIT_SEED  # seed of the random selection and of the validation split
+    val_per_class: int = longtail.VAL_PER_CLASS  # validation images per class, from training images the subset left
+    download: bool = False  # fetch a missing official CIFAR archive (checksum verified)
     list_dir: str | None = None  # list datasets: folder of the list files (default: root)
-    train_list: str | None = None
-    val_list: str | None = None
-    test_list: str | None = None
-    num_classes: int | None = None
+    train_list: str | None = None  # a list file of your own: relative/path label per line
+    val_list: str | None = None  # its validation list (default: held out of the training list)
+    test_list: str | None = None  # its test list
+    num_classes: int | None = None  # classes of a list dataset (default: the largest label + 1)
 
 
 def build_dataset(cfg: DataConfig) -> LongTailedDataset:

@@ -80,14 +80,22 @@ def _hold_out(train, k: int, per_class: int, rng: np.random.Generator):
     return train.subset(keep), (train.subset(held) if len(held) else None)
 
 
+# The long-tail construction's defaults, written once: DataConfig and the command line read them.
+IMBALANCE_RATIO = 100.0
+PROFILE = "exp"
+SELECTION = "first"
+SPLIT_SEED = 0
+VAL_PER_CLASS = 20
+
+
 def make_long_tailed(
     raw: RawDataset,
-    imbalance_ratio: float = 100.0,
-    profile: str = "exp",
+    imbalance_ratio: float = IMBALANCE_RATIO,
+    profile: str = PROFILE,
     max_per_class: int | None = None,
-    selection: str = "first",
-    seed: int = 0,
-    val_per_class: int = 20,
+    selection: str = SELECTION,
+    seed: int = SPLIT_SEED,
+    val_per_class: int = VAL_PER_CLASS,
     step_fraction: float = 0.5,
 ) -> LongTailedDataset:
     """Subsample ``raw``'s train split to an imbalance profile and hold out a validation split.

@@ -29,7 +29,7 @@ from ..data.augment import BatchAugment, iterate_batches
 from ..data.transforms import ImagePathDataset
 from ..env_info import environment
 from ..errors import LortError
-from ..io import remove_stale_temporaries, write_json, write_text
+from ..io import failpoint, remove_stale_temporaries, write_json, write_text
 from ..layout import Stage1Run
 from ..models import create_model, model_input_size
 from ..models.base import max_norm_
@@ -172,6 +172,7 @@ def train_one_epoch(
         scheduler.step()
         if s1.max_norm:
             max_norm_(classifier.weight, s1.max_norm)
+        failpoint("stage1-step")
         n = len(y)
         total_loss += loss.item() * n
         correct += int((logits.argmax(1) == y).sum())

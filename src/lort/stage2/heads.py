@@ -7,6 +7,7 @@ pass of the training loop fits a whole hyperparameter grid at once; ``head(x)`` 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -68,9 +69,11 @@ class Head(nn.Module):
         transposing copy). Element-wise work and reductions over the classes keep that layout
         and run along the batch, several times faster than along rows of ``K`` numbers when
         ``K`` is small, and the weights' gradient is that layout times the inputs with no
-        further copy (:func:`lort.stage2.trainer.fit_head`). The product is taken in this
-        orientation because its columns do not depend on how many classifiers share it:
-        settings trained side by side give bit for bit what they give alone."""
+        further copy (:func:`lort.stage2.trainer.fit_head`). In this orientation each column
+        is one classifier's dot products, whatever else shares the product; a BLAS may still
+        sum them in another order for another width (AVX2 kernels do), so settings trained
+        side by side agree with their fits alone to float rounding, and the selection rule
+        (:mod:`lort.stage2.selection`) keeps the choices equal."""
         g, k, d = self.weight.shape
         z = xin @ self.weight.reshape(g * k, d).t()
         return z.t().contiguous().view(g, k, len(xin)).transpose(1, 2)
@@ -284,7 +287,7 @@ class CosineHead(Head):
     plain_linear = False  # linear only in L2-normalised features
     uses_norms = True
 
-    def __init__(self, weight: torch.Tensor, scale: float = 30.0, trainable: bool = True, groups: int = 1):
+    def __init__(self, weight: torch.Tensor, scale: float, trainable: bool = True, groups: int = 1):
         super().__init__()
         self.weight = nn.Parameter(stacked(weight, groups, 2), requires_grad=trainable)
         self.scale = scale
@@ -306,3 +309,33 @@ class CosineHead(Head):
 
     def select(self, g: int) -> CosineHead:
         return CosineHead(self.weight[g], self.scale, self.weight.requires_grad)
+
+
+def head_device(head: Head) -> torch.device:
+    return next(iter(head.state_dict().values())).device
+
+
+def logit_blocks(head: Head, x, max_values: int = 1 << 22):
+    """The ``(rows, K)`` logits of a single-classifier head for ``x``, block of rows after
+    block: a head's transformed inputs (e.g. centred features) and its logits never exist
+    for all rows at once."""
+    x = torch.as_tensor(x, dtype=torch.float32, device=head_device(head))
+    rows = max(1, max_values // max(1, x.shape[1] if x.dim() == 2 else 1))
+    with torch.no_grad():
+        for i in range(0, max(len(x), 1), rows):
+            yield head.predict_logits(x[i : i + rows]).cpu().numpy()
+
+
+def logits_of(head: Head, x) -> np.ndarray:
+    """``(N, K)`` logits of a single-classifier head (computed in row blocks)."""
+    blocks = logit_blocks(head, x)
+    first = next(blocks)
+    if len(first) == len(x):
+        return first
+    out = np.empty((len(x), first.shape[1]), dtype=first.dtype)
+    out[: len(first)] = first
+    start = len(first)
+    for block in blocks:
+        out[start : start + len(block)] = block
+        start += len(block)
+    return out

@@ -12,7 +12,8 @@ from ..analysis.tables import format_cell, markdown_table
 from ..data.features import FeatureSet
 from ..io import save_npz, write_json, write_text
 from ..layout import CompareRun
-from .compare import MethodResult, logit_blocks
+from .compare import MethodResult
+from .heads import logit_blocks
 
 COLUMNS = [
     "method",

@@ -103,21 +103,14 @@ def log_prior(counts: np.ndarray) -> torch.Tensor:
     return torch.log(counts / counts.sum())
 
 
-def effective_number_weights(counts: np.ndarray, beta: float = 0.9999) -> torch.Tensor:
+EFFECTIVE_NUMBER_BETA = 0.9999  # Cui et al.'s beta: the default of every effective-number weighting
+
+
+def effective_number_weights(counts: np.ndarray, beta: float = EFFECTIVE_NUMBER_BETA) -> torch.Tensor:
     """Class-balanced weights ``(1 - beta) / (1 - beta^n_k)`` scaled to mean 1 (Cui et al., 2019)."""
     counts = np.asarray(counts, dtype=np.float64)
     w = (1.0 - beta) / (1.0 - np.power(beta, counts))
     return torch.from_numpy((w / w.mean()).astype(np.float32))
-
-
-def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float, weight=None) -> torch.Tensor:
-    """Focal loss (Lin et al., 2017): ``-(1 - p_y)^gamma log p_y``."""
-    logp = F.log_softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)
-    loss = -((1.0 - logp.exp()) ** gamma) * logp
-    if weight is None:
-        return loss.mean()
-    w = weight[labels]
-    return (loss * w).sum() / w.sum()
 
 
 def ldam_margins(counts: np.ndarray, max_margin: float = 0.5) -> torch.Tensor:
@@ -135,51 +128,11 @@ def label_aware_smoothing(counts: np.ndarray, head: float, tail: float) -> torch
     return torch.from_numpy(eps.astype(np.float32))
 
 
-def grouped_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, weight=None, reduction: str = "weighted"
-) -> torch.Tensor:
-    """Cross-entropy of each of G classifiers; ``weight`` is per class, ``(K,)`` or ``(G, K)``.
-    ``reduction``: ``weighted`` divides the weighted sum by the batch's summed weights
-    (``F.cross_entropy``'s semantics, as LDAM-DRW's code uses), ``batch`` by the batch size
-    (class-balanced loss as its authors' code reduces it)."""
-    logp = F.log_softmax(logits, dim=2)
-    g, b, _ = logits.shape
-    nll = -logp.gather(2, labels.view(1, b, 1).expand(g, b, 1)).squeeze(2)
-    if weight is None:
-        return nll.mean(1)
-    w = weight.expand(g, -1) if weight.dim() == 1 else weight
-    wy = w[:, labels]
-    return (nll * wy).sum(1) / (wy.sum(1) if reduction == "weighted" else b)
-
-
-def grouped_cb_softmax_bce(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Weight balancing's stage-2 loss as its public code computes the class-balanced loss of
-    type "softmax": binary cross-entropy between the softmax probabilities and the one-hot
-    label, each sample's K terms weighted by its class weight, averaged over batch x K."""
-    logp = F.log_softmax(logits, dim=2)
-    # log(1 - p), finite with a finite gradient where p rounds to 1; binary cross-entropy clamps its logs at -100
-    log_not_p = torch.log1p(-logp.exp().clamp(max=1.0 - 1e-7)).clamp_min(-100.0)
-    onehot = F.one_hot(labels, logits.shape[2]).to(logits.dtype).unsqueeze(0)
-    bce = -(onehot * logp.clamp_min(-100.0) + (1 - onehot) * log_not_p)
-    return (bce * weight[labels].view(1, -1, 1)).mean((1, 2))
-
-
-def grouped_soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``target`` broadcastable to ``(G, B, K)``."""
-    return -(target * F.log_softmax(logits, dim=2)).sum(2).mean(1)
-
-
 def grouped_lort_target(labels: torch.Tensor, num_classes: int, smooth: torch.Tensor) -> torch.Tensor:
     """LORT targets for G smoothing values ``smooth`` (G,): ``(G, B, K)``."""
     s = smooth.to(labels.device).view(-1, 1, 1)
     onehot = F.one_hot(labels, num_classes).float().unsqueeze(0)
     return (1.0 - s) * onehot + s / num_classes
-
-
-def grouped_focal(logits: torch.Tensor, labels: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-    g, b, _ = logits.shape
-    logp = F.log_softmax(logits, dim=2).gather(2, labels.view(1, b, 1).expand(g, b, 1)).squeeze(2)
-    return (-((1.0 - logp.exp()) ** gamma.view(-1, 1)) * logp).mean(1)
 
 
 # ----------------------------------------------------------------------------- value and gradient
@@ -316,7 +269,7 @@ class SoftCrossEntropy(GroupedLoss):
         wy = w.index_select(1, labels)
         norm = torch.where(self.by_batch, torch.full_like(wy[:, 0], b), wy.sum(1)).unsqueeze(1)
         # multiplied by the weights, then divided by the norm: where the weights are all 1 this
-        # is bit for bit the unweighted path (settings fused with a weighted loss train as alone)
+        # is exactly the unweighted path's arithmetic (settings fused with a weighted loss train as alone)
         return (per_sample * wy).sum(1, keepdim=True).div_(norm).squeeze(1), grad.mul_(wy.unsqueeze(2)).div_(
             norm.unsqueeze(2)
         )
@@ -365,7 +318,7 @@ class FocalLoss(GroupedLoss):
 
 
 class CBSoftmaxBCE(GroupedLoss):
-    """Weight balancing's class-balanced loss of type "softmax" (see :func:`grouped_cb_softmax_bce`)
+    """Weight balancing's class-balanced loss of type "softmax" (its plain form: :func:`lort.testing.oracles.grouped_cb_softmax_bce`)
     with its closed-form gradient, the clamps included."""
 
     CAP = 1.0 - 1e-7  # p is capped here before log(1 - p); log(1 - CAP) ~ -16 never meets the -100 clamp

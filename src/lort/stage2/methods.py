@@ -304,7 +304,7 @@ class WeightBalancing(Method):
     source = (
         "Alshammari et al., Long-Tailed Recognition via Weight Balancing (CVPR 2022), stage 2 as its public "
         "code runs it: class-balanced loss (softmax probabilities, binary cross-entropy against the one-hot "
-        "label, per-sample effective-number weights, beta 0.9999, weights summing to K), weight decay 0.1 on "
+        f"label, per-sample effective-number weights, beta {L.EFFECTIVE_NUMBER_BETA:g}, weights summing to K), weight decay 0.1 on "
         "weight and bias, MaxNorm on the class weights with the bound min + thresh x (max - min) of the "
         "stage-1 class-weight norms, thresh 0.1"
     )
@@ -421,7 +421,15 @@ class ClassBalancedReweighting(Method):
     )
     deviations = ("the softmax form only (the source also has sigmoid and focal forms)",)
     params = (
-        Param("beta", default=0.9999, source_default=0.9999, grid=(0.999, 0.9999), low=0.0, high=1.0, high_open=True),
+        Param(
+            "beta",
+            default=L.EFFECTIVE_NUMBER_BETA,
+            source_default=L.EFFECTIVE_NUMBER_BETA,
+            grid=(0.999, L.EFFECTIVE_NUMBER_BETA),
+            low=0.0,
+            high=1.0,
+            high_open=True,
+        ),
     )
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
@@ -441,27 +449,31 @@ class Focal(Method):
         return L.FocalLoss(ctx.tensor([hp["gamma"] for hp in hps]))
 
 
+LDAM_SCALE = 30.0  # the source's cosine-classifier scale s
+
+
 @register_method
 class LDAMDRW(Method):
     name = "ldam_drw"
     title = "LDAM-DRW"
     source = (
         "Cao et al., Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss (NeurIPS 2019): "
-        "cosine classifier (scale 30) from the stage-1 directions, margins up to 0.5, "
-        "effective-number re-weighting (beta 0.9999) over the last 20% of epochs (the source: from epoch 160 of 200)"
+        f"cosine classifier (scale {LDAM_SCALE:g}) from the stage-1 directions, margins up to 0.5, "
+        f"effective-number re-weighting (beta {L.EFFECTIVE_NUMBER_BETA:g}) over the last 20% of epochs "
+        "(the source: from epoch 160 of 200)"
     )
     deviations = ("re-trains the classifier only, from the stage-1 directions (the source trains end to end)",)
 
     head_class = CosineHead
 
     def build_head(self, ctx: FitContext, hps: list[dict]) -> Head:
-        return CosineHead(ctx.init_weight, scale=30.0, groups=len(hps))
+        return CosineHead(ctx.init_weight, scale=LDAM_SCALE, groups=len(hps))
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
         return L.SoftCrossEntropy(
             len(hps),
             ctx.num_classes,
-            margin=ctx.tensor(L.ldam_margins(ctx.counts)) * 30.0,
+            margin=ctx.tensor(L.ldam_margins(ctx.counts)) * LDAM_SCALE,  # margins in units of the scaled logits
             class_weight=ctx.tensor(L.effective_number_weights(ctx.counts)),
             reweight_from=drw_start(ctx.epochs),
             device=ctx.device,

@@ -1,6 +1,8 @@
-"""The plan of a stage-2 comparison, made before any work: how many settings train in
-which passes of the loop, the floating-point work, the peak memory, and the time that work
-takes at the matrix-multiply rate this machine reaches for the same shapes.
+"""The plan of a stage-2 comparison, made before any work: each method's settings (its
+:class:`Job`), how they group into passes of the loop, how many passes train at once, the
+floating-point work, the peak memory, and the time that work takes at the matrix-multiply
+rate this machine reaches for the same shapes. Nothing here trains; the engine
+(:mod:`lort.stage2.engine`) carries a plan out, and nothing below this module imports it.
 
 The loop's work per step and setting is two matrix products of a ``batch x D`` feature
 block with a ``K x D`` classifier (the logits, and the weight gradient), so
@@ -11,16 +13,132 @@ validation scoring adds ``2 * N_val * D * K`` per epoch.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import LortError
-from .compare import Job, concurrent_passes, passes, plan_job
 from .methods import Method
 from .schedule import Schedule
+
+
+@dataclass
+class Job:
+    """One method's planned work: the settings it trains (or, post hoc, evaluates)."""
+
+    method: Method
+    settings: list[dict[str, Any]]
+    seconds: float = 0.0
+
+
+def spread(points: list, n: int, keep: int | None = None) -> list:
+    """``n`` of ``points``, evenly spaced by position (the first and the last among them),
+    with ``points[keep]`` (a default) in place of the nearest one chosen."""
+    if n >= len(points):
+        return list(points)
+    chosen = [int(round(i)) for i in np.linspace(0, len(points) - 1, n)]
+    if keep is not None and keep not in chosen:
+        chosen[int(np.argmin([abs(c - keep) for c in chosen]))] = keep
+    return [points[i] for i in sorted(set(chosen))]
+
+
+def budget_lrs(lrs: list[float], n: int) -> list[float]:
+    """``n`` learning rates: ``lrs`` itself when it has ``n``, else ``n`` values spaced
+    geometrically over its range (rounded to 3 significant digits)."""
+    if n == len(lrs) or min(lrs) == max(lrs):
+        return list(lrs) if n == len(lrs) else [lrs[0]]
+    return [float(f"{v:.3g}") for v in np.geomspace(min(lrs), max(lrs), n)]
+
+
+def plan_job(method: Method, schedule: Schedule, lrs, fixed, has_val: bool, fits_per_method: int | None = None) -> Job:
+    """The settings ``method`` trains (or, post hoc, evaluates).
+
+    With validation data and no ``fits_per_method``: its whole grid x the learning rates. With a
+    ``fits_per_method`` (the same for every method): a trained method keeps
+    ``p = min(grid size, budget // len(lrs))`` grid points evenly spread over its grid (its
+    default among them) and ``budget // p`` learning rates (``lrs``, or as many spread
+    over their range), so that a method without hyperparameters gets more learning rates
+    instead of fewer fits; a post-hoc method evaluates ``budget`` grid points. Values the
+    user fixes are all kept. With a single learning rate every method runs at its
+    default (one fit each). Without validation data: the method's defaults and the
+    schedule's lr, one fit."""
+    points = method.settings(fixed, search=has_val)
+    if not has_val:
+        points = points[:1]
+        return Job(method, points if not method.trains else [hp | {"lr": schedule.lr} for hp in points])
+    lr_values = list(lrs) if lrs else [schedule.lr]
+    budget = fits_per_method
+    if budget is not None and not fixed:
+        default = method.settings(None, search=False)[0] if points else None
+        keep = points.index(default) if default in points else None
+        if min(lr_values) == max(lr_values):  # one learning rate: no method can have more fits than one
+            budget = 1
+        if not method.trains:
+            return Job(method, spread(points, budget, keep))
+        p = min(len(points), max(1, budget // len(lr_values)))
+        points = spread(points, p, keep)
+        lr_values = budget_lrs(lr_values, max(1, budget // len(points)))
+    if not method.trains:
+        return Job(method, points)
+    return Job(method, [hp | {"lr": lr} for hp in points for lr in lr_values])
+
+
+def fusion_key(method: Method) -> tuple:
+    """Methods with equal keys train in one pass of the loop: the same sampler draws the
+    same batches (one seed), and heads of one kind stack along the settings dimension."""
+    return (method.sampler, method.head_class) if hasattr(method.head_class, "stack") else (method.name,)
+
+
+def passes(jobs: list[Job], max_settings: int) -> list[list[tuple[Job, list[int]]]]:
+    """The passes of the loop: trained jobs grouped by :func:`fusion_key` (in order of first
+    appearance), each group cut into chunks of at most ``max_settings`` settings; a pass is
+    a list of ``(job, setting indices)``."""
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        if job.method.trains:
+            groups.setdefault(fusion_key(job.method), []).append(job)
+    out = []
+    for members in groups.values():
+        pairs = [(job, i) for job in members for i in range(len(job.settings))]
+        for start in range(0, len(pairs), max_settings):
+            chunk, units = pairs[start : start + max_settings], []
+            for job, i in chunk:
+                if units and units[-1][0] is job:
+                    units[-1][1].append(i)
+                else:
+                    units.append((job, [i]))
+            out.append(units)
+    return out
+
+
+SMALL_PASS = 1 << 18  # weights (settings x K x D) below which a pass is bound by per-step overhead, not arithmetic
+
+
+def concurrent_passes(pass_settings: list[int], k: int, d: int, device, cached: bool = True) -> int:
+    """How many passes (of ``pass_settings`` settings each, K = ``k``, D = ``d``) to train
+    at once, each in a forked process on one thread:
+    on a CPU with several threads where fork exists, when every pass is small enough that
+    its steps cost operation overhead, not arithmetic (settings x K x D <= ``SMALL_PASS``),
+    and the features are cached (no backbone in the loop). Tiny operations gain nothing
+    from several threads; several passes at once use the cores. Large passes keep every
+    thread on their matrix products (1: no concurrency)."""
+    threads = torch.get_num_threads()
+    if (
+        torch.device(device).type != "cpu"
+        or not cached
+        or threads < 2
+        or len(pass_settings) < 2
+        or "fork" not in multiprocessing.get_all_start_methods()
+        or max(pass_settings) * k * d > SMALL_PASS
+    ):
+        return 1
+    return min(threads, len(pass_settings))
+
 
 # Bytes a trained setting holds beyond the features: its weights, momentum (into which the
 # loop folds the weight gradient, so no gradient is held) and the best epoch's copy
@@ -82,8 +200,8 @@ class Plan:
     budget_bytes: int = 0
     feature_bytes: int = 0
     seeds: int = 1  # the whole comparison is repeated per seed
-    budget: int | None = None  # fits per method (None: every method's whole grid)
-    workers: int = 1  # passes trained at once (lort.stage2.compare.concurrent_passes)
+    fits_per_method: int | None = None  # None: every method's whole grid
+    workers: int = 1  # passes trained at once (concurrent_passes)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -162,12 +280,12 @@ def make_plan(
     fixed: dict | None = None,
     budget_bytes: int | None = None,
     device: torch.device | str = "cpu",
-    budget: int | None = None,
+    fits_per_method: int | None = None,
     seeds: int = 1,
 ) -> Plan:
     """The plan for ``compare(fs, methods, ...)``. ``budget_bytes`` is the memory stage 2
     may use, features included (default: the features plus 90% of what is free now); it
-    caps the settings trained side by side; ``budget`` is the fits per method and ``seeds``
+    caps the settings trained side by side; ``fits_per_method`` is the fits per method and ``seeds``
     the repeats of the comparison (see :func:`lort.stage2.compare.compare`). A budget too small for one setting is a
     LortError that gives the figures."""
     x, _ = fs.splits["train"]
@@ -187,7 +305,7 @@ def make_plan(
             "Free memory, or use a machine or GPU with more"
         )
     max_settings = max(1, room // per)
-    jobs: list[Job] = [plan_job(m, schedule, lrs, (fixed or {}).get(m.name), has_val, budget) for m in methods]
+    jobs: list[Job] = [plan_job(m, schedule, lrs, (fixed or {}).get(m.name), has_val, fits_per_method) for m in methods]
     plan = Plan(
         num_classes=k,
         dim=d,
@@ -199,7 +317,7 @@ def make_plan(
         budget_bytes=memory,
         feature_bytes=feature_bytes,
         seeds=seeds,
-        budget=budget,
+        fits_per_method=fits_per_method,
     )
     for units in passes(jobs, max_settings):
         names = list(dict.fromkeys(job.method.name for job, _ in units))

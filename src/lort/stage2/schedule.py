@@ -12,16 +12,17 @@ from dataclasses import dataclass
 from ..errors import LortError
 
 DEFAULT_LRS = (5e-4, 5e-3, 5e-2)  # learning rates searched on validation
-DEFAULT_BUDGET = 6  # fits per method in a comparison: 3 learning rates x 2 settings, or 6 learning rates
+DEFAULT_FITS_PER_METHOD = 6  # fits per method in a comparison: 3 learning rates x 2 settings, or 6 learning rates
 DEFAULT_SEEDS = 3  # stage-2 seeds of a comparison run from the command line or a config
 
 
-def check_comparison(budget, seeds) -> None:
-    """``budget`` (fits per method, or None for whole grids) and ``seeds``, else a LortError."""
+def check_comparison(fits_per_method, seeds) -> None:
+    """``fits_per_method`` (or None for whole grids) and ``seeds``, else a LortError."""
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise LortError(f"seeds must be an integer >= 1, got {seeds!r}")
-    if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
-        raise LortError(f"the budget (fits per method) must be an integer >= 1 or none, got {budget!r}")
+    fits = fits_per_method
+    if fits is not None and (not isinstance(fits, int) or isinstance(fits, bool) or fits < 1):
+        raise LortError(f"the budget (fits per method) must be an integer >= 1 or none, got {fits!r}")
 
 
 def check_lrs(lrs, what: str = "stage-2 learning rate") -> list[float]:
@@ -58,6 +59,13 @@ class Schedule:
             raise LortError(f"stage-2 weight decay must be >= 0, got {self.weight_decay!r}")
         if not 0 <= self.momentum < 1:
             raise LortError(f"stage-2 momentum must lie in [0, 1), got {self.momentum!r}")
+
+    @classmethod
+    def searching(cls, lrs, **fields) -> tuple[Schedule, tuple[float, ...]]:
+        """The schedule of a search over learning rates ``lrs`` (checked) and the rates as a
+        tuple: the first rate is the schedule's own lr (used where nothing is searched)."""
+        lrs = tuple(check_lrs(lrs, "learning rate"))
+        return cls(lr=lrs[0], **fields), lrs
 
     def steps(self, rows: int) -> int:
         """Optimisation steps of the whole schedule on ``rows`` training rows."""

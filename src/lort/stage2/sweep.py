@@ -8,7 +8,8 @@ import torch
 
 from ..analysis.metrics import accuracy_report
 from ..data.features import FeatureSet
-from .compare import context, evaluate_test, fit_method
+from .compare import evaluate_test, fit_method
+from .context import context
 from .losses import DEFAULT_SMOOTH, ratio_from_smooth, smooth_from_ratio
 from .methods import get_method
 from .trainer import Schedule, fit_head

@@ -22,6 +22,7 @@ from ..models.base import max_norm_
 from ..runtime.precision import flushing_denormals, tf32_matmuls
 from .losses import value_and_grad
 from .schedule import Schedule, check_lrs
+from .selection import better as score_beats
 
 
 def epoch_order(labels: np.ndarray, sampler: str, gen: torch.Generator, num_classes: int) -> torch.Tensor:
@@ -85,15 +86,6 @@ def _runs(mask: torch.Tensor) -> list[tuple[int, int]]:
     return runs
 
 
-def lexicographic_greater(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(G, C)`` scores -> ``(G,)``: whether each row of ``a`` beats ``b``'s, the first
-    column deciding and each later one breaking the ties of those before it."""
-    better = torch.zeros(len(a), dtype=torch.bool, device=a.device)
-    for c in reversed(range(a.shape[1])):
-        better = (a[:, c] > b[:, c]) | ((a[:, c] == b[:, c]) & better)
-    return better
-
-
 @flushing_denormals  # converged classifiers make subnormal gradients, ~10x slower on x86
 def fit_head(
     head: nn.Module,
@@ -115,9 +107,8 @@ def fit_head(
     backbone over augmented images). ``lr``, ``weight_decay`` and ``max_norm`` (the
     per-class weight-norm bound, MaxNorm) may differ per classifier. After each epoch
     ``score_fn(head)`` returns each classifier's validation score, ``(G,)``, or ``(G, C)``
-    scores compared in order (the later ones break ties of the earlier,
-    :func:`lexicographic_greater`); each classifier keeps the weights of its best epoch
-    (the first on full ties). Returns the head and the scores as an ``(epochs, G)`` or
+    score rows compared by the selection rule (:func:`lort.stage2.selection.better`);
+    each classifier keeps the weights of its best epoch (the first on ties). Returns the head and the scores as an ``(epochs, G)`` or
     ``(epochs, G, C)`` array (empty without ``score_fn``). Subnormal floats are flushed
     to zero while it runs, and on a GPU with TF32 tensor cores the matrix products use them
     (:func:`lort.runtime.precision.tf32_matmuls`); the caller's settings are restored. ``on_step()`` is called after
@@ -206,7 +197,7 @@ def fit_head(
                 key = score.reshape(groups, -1)
                 if best_score is None:
                     best_score = torch.full_like(key, -math.inf)
-                better = lexicographic_greater(key, best_score)
+                better = score_beats(key, best_score).to(key.device)
                 if better.any():
                     best_score = torch.where(better.unsqueeze(1), key, best_score)
                     for name, t in head.state_dict().items():

@@ -20,13 +20,13 @@ from ..io import save_torch, write_json
 from ..layout import CompareRun
 from ..models import model_input_size
 from ..runtime.checkpoint import load_model
-from .compare import compare, evaluate_test, fit_method, logits_of
+from .compare import compare, evaluate_test, fit_method
 from .extract import extract_features
 from .full import BackboneFeatures
-from .heads import LinearHead
+from .heads import LinearHead, logits_of
 from .leaderboard import markdown, write_leaderboard
 from .methods import get_method, resolve_methods
-from .schedule import DEFAULT_BUDGET, DEFAULT_LRS, DEFAULT_SEEDS, Schedule
+from .schedule import DEFAULT_FITS_PER_METHOD, DEFAULT_LRS, DEFAULT_SEEDS, Schedule
 
 
 def default_device() -> torch.device:
@@ -147,7 +147,7 @@ def run_compare(
     fixed: dict | None = None,
     plan=None,
     show_progress: bool = False,
-    budget: int | None = DEFAULT_BUDGET,
+    fits_per_method: int | None = DEFAULT_FITS_PER_METHOD,
     seeds: int = DEFAULT_SEEDS,
 ) -> tuple[list, Path]:
     t0 = time.perf_counter()
@@ -161,7 +161,7 @@ def run_compare(
         train_source=train_source,
         plan=plan,
         show_progress=show_progress,
-        budget=budget,
+        fits_per_method=fits_per_method,
         seeds=seeds,
     )
     meta = {
@@ -170,7 +170,7 @@ def run_compare(
         "schedule": dataclasses.asdict(schedule),
         "lrs": list(lrs) if lrs else [schedule.lr],
         "selection": "every hyperparameter and the epoch chosen on validation balanced accuracy; test evaluated once",
-        "budget": budget if budget is not None else "grid",
+        "budget": fits_per_method if fits_per_method is not None else "grid",
         "seeds": seeds,
         "tta": bool(fs.meta.get("tta_flip", False)),
         "init_classifier": fs.meta.get("init_classifier", "the classifier given with the features (stage 1)"),
@@ -185,8 +185,8 @@ def run_compare(
         f"schedule: {dataclasses.asdict(schedule)}; learning rates given: {meta['lrs']}",
         "search budget: "
         + (
-            f"{budget} fits per method, every method alike (grid points spread over each grid, the default among them)"
-            if budget is not None
+            f"{fits_per_method} fits per method, every method alike (grid points spread over each grid, the default among them)"
+            if fits_per_method is not None
             else "every method's whole grid (budgets differ between methods)"
         )
         + f"; stage-2 seeds: {seeds}",
