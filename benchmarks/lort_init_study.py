@@ -27,6 +27,7 @@ from _common import run_main
 from lort_suite import rare_classes, scores, without_validation
 
 SHRINKS = (0.01, 0.1, 1.0)
+EQUAL = False  # --estimates: pooled against equal-prior estimates at the default shrinkage only
 
 
 def balanced_accuracy(logits: np.ndarray, y: np.ndarray) -> float:
@@ -39,7 +40,7 @@ def study_set(path: Path) -> dict:
     from lort.data.features import FeatureSet, load_features
     from lort.stage2.compare import fit_method
     from lort.stage2.context import context
-    from lort.stage2.heads import CentredHead, discriminant_directions, logits_of
+    from lort.stage2.heads import DISCRIMINANT_SHRINK, CentredHead, discriminant_directions, logits_of
     from lort.stage2.methods import METHODS
     from lort.stage2.schedule import Schedule
 
@@ -56,6 +57,11 @@ def study_set(path: Path) -> dict:
     candidates = {"CE fit from zero": ctx.init_weight, "class means": means}
     for shrink in SHRINKS:
         candidates[f"discriminant, shrink {shrink:g}"] = discriminant_directions(x, ctx.y, bare.num_classes, shrink)
+    if EQUAL:
+        candidates = {k: v for k, v in candidates.items() if k == f"discriminant, shrink {DISCRIMINANT_SHRINK:g}"}
+        candidates[f"discriminant, shrink {DISCRIMINANT_SHRINK:g}, equal-prior estimates"] = discriminant_directions(
+            x, ctx.y, bare.num_classes, DISCRIMINANT_SHRINK, estimates="equal"
+        )
     out = {}
     for name, weight in candidates.items():
         untrained = CentredHead.from_classifier(weight, x)
@@ -104,7 +110,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("features", nargs="+", help=".npz feature files with a validation split")
     ap.add_argument("--out", required=True, help="path prefix of the .json and .md written")
+    ap.add_argument(
+        "--estimates", action="store_true", help="compare the pooled and the equal-prior estimates of the discriminant"
+    )
     args = ap.parse_args()
+    global EQUAL
+    EQUAL = args.estimates
     from lort.io import write_json, write_text
 
     records = {Path(p).stem: study_set(Path(p)) for p in args.features}

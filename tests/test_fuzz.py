@@ -104,9 +104,13 @@ def test_feature_file_of_random_bytes(data, prefix):
     path = ROOT / "junk.npz"
     path.write_bytes(prefix + data)
     try:
-        load_features(path)
+        fs = load_features(path)
     except LortError as exc:
         _one_line_error(exc)
+        return
+    # bytes that happen to load must give a valid feature set
+    assert isinstance(fs, FeatureSet) and fs.splits["train"][0].ndim == 2
+    assert np.isfinite(fs.splits["train"][0]).all()
 
 
 def test_a_truncated_valid_feature_file_is_refused():

@@ -219,7 +219,10 @@ def test_the_conformance_checks_fail_broken_methods(toy):
 def test_compare_evaluates_test_after_selection(toy):
     results = compare(toy, [METHODS["ce"], METHODS["lort"]], Schedule(epochs=3), lrs=(5e-3,))
     assert [r.method for r in results] == ["ce", "lort"]
-    assert all(r.test is not None and 0 <= r.test["acc"] <= 1 for r in results)
+    x, y = toy.splits["test"]
+    for r in results:  # the reported test accuracy is the chosen classifier's, computed once
+        assert r.test["acc"] == pytest.approx(float((logits_of(r.head, x).argmax(1) == y).mean()))
+        assert r.correct.shape == (1, len(y)) and r.correct.mean() == pytest.approx(r.test["acc"])
 
 
 def test_without_validation_split_nothing_is_searched(toy):
@@ -868,3 +871,27 @@ def test_ties_in_balanced_accuracy_go_to_the_lower_log_loss():
     from lort.stage2.selection import best_index
 
     assert best_index(curves[:, 0]) == 1 and best_index(curves[:, 0, 0]) == 0
+
+
+@pytest.mark.parametrize("estimates", ["pooled", "equal"])
+def test_discriminant_directions_follow_their_stated_estimates(estimates):
+    from lort.stage2.heads import discriminant_directions
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 4, generator=g)
+    y = torch.cat([torch.zeros(250), torch.ones(40), torch.full((10,), 2)]).long()
+    x[y == 1] += 2
+    x[y == 2] -= 2
+    got = discriminant_directions(x, y, 3, shrink=1.0, estimates=estimates).double().numpy()
+    xs, ys = x.double().numpy(), y.numpy()
+    mu = np.stack([xs[ys == c].mean(0) for c in range(3)])
+    if estimates == "pooled":  # every sample counts once: the head class dominates centre and covariance
+        m = xs.mean(0)
+        s = sum((xs[ys == c] - mu[c]).T @ (xs[ys == c] - mu[c]) for c in range(3)) / len(xs)
+    else:  # every class counts once
+        m = mu.mean(0)
+        s = np.mean([np.cov(xs[ys == c].T, bias=True) for c in range(3)], axis=0)
+    s = s + np.eye(4) * np.trace(s) / 4
+    np.testing.assert_allclose(got, np.linalg.solve(s, (mu - m).T).T, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="estimates"):
+        discriminant_directions(x, y, 3, estimates="weighted")

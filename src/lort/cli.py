@@ -572,8 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds",
         type=int,
         default=DEFAULT_SEEDS,
-        help=f"repeat stage 2 with this many seeds: mean, standard deviation and paired bootstrap "
-        f"intervals (default {DEFAULT_SEEDS})",
+        help=f"repeat stage 2 with this many seeds: mean, standard deviation, and simultaneous intervals "
+        f"against the method validation picks (default {DEFAULT_SEEDS})",
     )
     _add_stage2_args(cp)
     cp.set_defaults(func=cmd_compare)

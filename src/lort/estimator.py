@@ -9,8 +9,9 @@ labels any hashable values (strings too): ``classes_`` holds them in sorted orde
 row ``k`` of ``coef_`` belongs to ``classes_[k]``.
 
 Hyperparameters given as a list (``smooth=[0.9, 0.98]``, ``lr=[5e-4, 5e-3]``) are searched
-on validation data passed to ``fit(X, y, X_val=..., y_val=...)`` (balanced accuracy, the
-first best on ties), and the epoch is chosen there too; without validation data lists are
+on validation data passed to ``fit(X, y, X_val=..., y_val=...)`` by the comparison's
+selection rule (:mod:`lort.stage2.selection`: balanced accuracy, ties by the lower
+class-balanced log-loss, then the earlier), and the epoch is chosen there too; without validation data lists are
 refused and the last epoch is kept.
 """
 

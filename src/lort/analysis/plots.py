@@ -54,29 +54,70 @@ def _method_order(results: dict[str, dict]) -> list[str]:
 
 
 def plot_per_class_accuracy(per_method: dict[str, dict], train_counts, path: str | Path) -> Path:
-    """Per-class test accuracy against the class's training count, one line per method."""
+    """Per-class test accuracy as a heat map: one row per method (best test accuracy on
+    top), one column per class from the largest training count to the smallest (sets of
+    more than 20 classes in 10 bins of classes by count, the bin's mean). Readable with
+    every method at once, unlike one line per method."""
     counts = np.asarray(train_counts)
     order = np.argsort(-counts, kind="stable")
-    fig, ax = plt.subplots(figsize=(9, 5))
-    cmap = plt.get_cmap("tab20")
-    for i, m in enumerate(_method_order(per_method)):
-        acc = np.array([np.nan if a is None else a for a in per_method[m]["per_class"]])
-        ax.plot(
-            counts[order],
-            100 * acc[order],
-            marker="o",
-            ms=3,
-            lw=2.2 if m.startswith("lort") else 1.0,
-            color=cmap(i % 20),
-            label=f"{m} ({100 * per_method[m]['acc']:.1f}%)",
-        )
-    ax.set_xscale("log")
-    ax.invert_xaxis()
-    ax.set_xlabel("training images of the class (log scale, head on the left)")
-    ax.set_ylabel("test accuracy of the class (%)")
-    ax.set_title("Per-class accuracy against training count")
-    ax.legend(fontsize=7, ncol=2, loc="lower left")
-    ax.grid(alpha=0.3)
+    methods = _method_order(per_method)[::-1]
+    acc = np.array(
+        [[np.nan if a is None else 100 * a for a in per_method[m]["per_class"]] for m in methods], dtype=float
+    )[:, order]
+    if len(counts) > 20:
+        bins = np.array_split(np.arange(len(counts)), 10)
+        acc = np.stack([np.nanmean(acc[:, b], axis=1) for b in bins], axis=1)
+        labels = [f"{int(counts[order][b].max())}-{int(counts[order][b].min())}" for b in bins]
+        xlabel = "classes in 10 bins by training count (images a class: most to fewest)"
+    else:
+        labels = [str(int(c)) for c in counts[order]]
+        xlabel = "classes by training count (images a class: most to fewest)"
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.55 * acc.shape[1] + 3.5), 0.38 * len(methods) + 1.8))
+    im = ax.imshow(acc, aspect="auto", cmap="viridis", vmin=0, vmax=100)
+    ax.set_yticks(np.arange(len(methods)), [f"{m} ({100 * per_method[m]['acc']:.1f}%)" for m in methods], fontsize=8)
+    ax.set_xticks(np.arange(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+    if acc.shape[1] * len(methods) <= 400:
+        for i in range(acc.shape[0]):
+            for j in range(acc.shape[1]):
+                if np.isfinite(acc[i, j]):
+                    ax.text(j, i, f"{acc[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                            color="white" if acc[i, j] < 60 else "black")  # fmt: skip
+    ax.set_xlabel(xlabel)
+    ax.set_title("Per-class test accuracy (%), methods by test accuracy")
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
+    return save_figure(fig, path)
+
+
+TIER_COLORS = {
+    "reference": "#000000",
+    "indistinguishable": "#1f77b4",
+    "below the reference": "#d62728",
+    "above the reference": "#2ca02c",
+}
+
+
+def plot_forest(rows: list[dict], reference: str, path: str | Path, procedure: str = "") -> Path:
+    """Each method's test accuracy minus the reference's with its simultaneous interval,
+    coloured by tier (a forest plot); ``rows`` are leaderboard rows with
+    ``diff_to_reference`` and ``diff_ci`` in points."""
+    rows = [r for r in rows if r.get("diff_ci") is not None]
+    rows = sorted(rows, key=lambda r: r["diff_to_reference"])
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.6))
+    for i, r in enumerate(rows):
+        lo, hi = r["diff_ci"]
+        color = TIER_COLORS.get(r["tier"], "#777777")
+        ax.plot([lo, hi], [i, i], color=color, lw=2)
+        ax.plot(r["diff_to_reference"], i, "o", color=color, ms=5)
+    ax.axvline(0, color="#555555", lw=1, ls="--")
+    ax.set_yticks(np.arange(len(rows)), [r["method"] + (" (reference)" if r["method"] == reference else "") for r in rows],
+                  fontsize=8)  # fmt: skip
+    ax.set_xlabel(f"test accuracy minus {reference}'s (points), simultaneous 95% intervals")
+    handles = [plt.Line2D([0], [0], color=c, lw=2) for c in TIER_COLORS.values()]
+    ax.legend(handles, list(TIER_COLORS), fontsize=7, loc="lower right")
+    ax.set_title("Every method against the one validation would pick")
+    if procedure:
+        fig.text(0.01, 0.005, procedure, fontsize=6, wrap=True)
+    ax.grid(axis="x", alpha=0.3)
     return save_figure(fig, path)
 
 

@@ -89,9 +89,20 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
             dataset = json.loads(candidate.read_text())
             break
     classes = [str(i) for i in range(len(counts))]
-    figures = [
+    stats = board.get("statistics")
+    figures = []
+    if stats:
+        figures.append(
+            (
+                f"Every method against {stats['reference']}, the method validation picks (simultaneous intervals)",
+                plots.plot_forest(
+                    board["results"], stats["reference"], figs / "forest.png", stats.get("procedure", "")
+                ),
+            )
+        )
+    figures += [
         (
-            "Per-class accuracy against training count",
+            "Per-class test accuracy, every method (classes from the most to the fewest training images)",
             plots.plot_per_class_accuracy(per_method, counts, figs / "per_class_accuracy.png"),
         ),
         (
@@ -138,10 +149,14 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     lb_rows = [
         [
             r["method"],
-            r["test_acc"],
+            r["test_acc"] if r.get("test_acc_sd") is None else f"{r['test_acc']:.2f} ± {r['test_acc_sd']:.2f}",
             r["test_many"],
             r["test_medium"],
             r["test_few"],
+            None
+            if r.get("diff_ci") is None
+            else f"{r['diff_to_reference']:+.2f} [{r['diff_ci'][0]:+.2f}, {r['diff_ci'][1]:+.2f}]",
+            r.get("tier"),
             r["val_acc"],
             ", ".join(f"{k}={v}" for k, v in r["hyperparameters"].items()),
             r["epoch"],
@@ -155,6 +170,8 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
             "many",
             "medium",
             "few",
+            "diff to reference [simultaneous 95% CI]",
+            "tier",
             "val acc",
             "hyperparameters (val)",
             "epoch",

@@ -12,19 +12,20 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..analysis.metrics import accuracy_report, prediction_report
-from ..analysis.uncertainty import Difference, paired_bootstrap
+from ..analysis.uncertainty import RESAMPLES, Difference, Records, Verdicts, compare_to_reference
 from ..data.features import FeatureSet
 from ..errors import LortError
 from .context import context, stage2_device
 from .engine import train_jobs
-from .heads import Head, logit_blocks, logits_of
+from .heads import Head, head_device, logit_blocks, logits_of
 from .methods import METHODS, FitContext, Method
 from .plan import Job, plan_job
 from .schedule import DEFAULT_FITS_PER_METHOD, DEFAULT_LRS, Schedule, check_comparison
-from .selection import best_index, best_record, head_validation_scores
+from .selection import best_index, best_record, better, head_validation_scores
 
 
 @dataclass
@@ -41,7 +42,13 @@ class MethodResult:
     fits: int = 0  # settings trained (or, post hoc, evaluated) and chosen among on validation
     correct: np.ndarray | None = field(default=None, repr=False)  # (seeds, n_test): right or wrong
     seeds: list[dict] = field(default_factory=list)  # each seed's choice and test accuracies
-    difference: Difference | None = None  # test accuracy minus the best method's, with its interval
+    difference: Difference | None = None  # test accuracy minus the reference's, with its interval and tier
+    verdicts: Verdicts | None = field(default=None, repr=False)  # the leaderboard's statistics (shared)
+    # every setting's classifier at its chosen epoch, until the test split has been scored
+    candidates: list[Head] | None = field(default=None, repr=False)
+    choice: int = 0  # index of the chosen setting among the candidates
+    choices: list[int] = field(default_factory=list, repr=False)  # each seed's choice
+    records: list[tuple[np.ndarray, ...]] = field(default_factory=list, repr=False)  # per seed, for the bootstrap
     duplicate_of: str | None = None  # another compared method that is the same algorithm here
 
     def row(self) -> dict:
@@ -62,7 +69,7 @@ class MethodResult:
             "test_many": mean_pct("many"),
             "test_medium": mean_pct("medium"),
             "test_few": mean_pct("few"),
-            "diff_to_best": None if d is None else round(100 * d.diff, 2),
+            "diff_to_reference": None if d is None else round(100 * d.diff, 2),
             "diff_ci": None if d is None else [round(100 * d.low, 2), round(100 * d.high, 2)],
             "tier": None if d is None else d.tier,
             "val_acc": pct(self.val, "balanced_acc"),
@@ -99,8 +106,10 @@ def finish_job(job: Job, trained, ctx: FitContext, fs: FeatureSet, schedule: Sch
                 }
             )
         best = best_record(search)
-        head, index, _ = trained[best]
-        chosen = method.posthoc(head.select(index), ctx, settings[best])
+        heads = [
+            method.posthoc(head.select(index), ctx, hp) for (head, index, _), hp in zip(trained, settings, strict=True)
+        ]
+        chosen = heads[best]
     else:
         heads = []
         for point in settings:
@@ -123,6 +132,9 @@ def finish_job(job: Job, trained, ctx: FitContext, fs: FeatureSet, schedule: Sch
     val_report = accuracy_report(logits_of(chosen, val[0]), val[1], fs.train_counts) if has_val else None
     if not has_val:
         point = point | {"note": "no validation split: defaults, nothing searched"}
+    elif (note := method.choice_note(epoch, schedule.epochs)) is not None:
+        point = point | {"note": note}
+    records = [per_image_results(h, xv, yv, k) for h in heads] if has_val else []
     return MethodResult(
         method=method.name,
         title=method.title,
@@ -133,7 +145,24 @@ def finish_job(job: Job, trained, ctx: FitContext, fs: FeatureSet, schedule: Sch
         head=chosen,
         search=search,
         fits=len(settings),
+        candidates=heads if has_val else None,
+        choice=best,
+        records=[tuple(np.stack(r) for r in zip(*records, strict=True))] if records else [],
     )
+
+
+def per_image_results(head: Head, x, y, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Whether ``head`` gets each row of ``x`` right, and each row's negative
+    log-likelihood of its label (row blocks: no full logit matrix held)."""
+    y = torch.as_tensor(y, device=head_device(head))
+    right, nll, start = [], [], 0
+    for block in logit_blocks(head, x):
+        z = torch.from_numpy(block).to(y.device)
+        yb = y[start : start + len(z)]
+        right.append((z.argmax(1) == yb).cpu().numpy())
+        nll.append(-F.log_softmax(z.float(), dim=1).gather(1, yb[:, None])[:, 0].cpu().numpy())
+        start += len(z)
+    return np.concatenate(right), np.concatenate(nll)
 
 
 def _validation(fs: FeatureSet, ctx: FitContext):
@@ -182,7 +211,8 @@ def fit_method(
     ``fixed`` sets hyperparameters of the method (a value, or a list to search), checked
     against its declarations. All settings of a trained method are fitted side by side in
     one pass of the loop. Returns the classifier of the best (hyperparameters, epoch) by
-    validation balanced accuracy (the first on ties). Without a validation split every
+    the selection rule (:mod:`lort.stage2.selection`: validation balanced accuracy, ties
+    by the lower class-balanced log-loss, then the earlier). Without a validation split every
     hyperparameter not fixed takes its default (the source's, where it publishes one), the
     schedule's lr and the last epoch are used, and the result says so. Test data is
     never touched here. ``train_source`` replaces the cached training features (full
@@ -190,7 +220,9 @@ def fit_method(
     the features are moved once and every classifier trains, unless ``ctx`` gives it."""
     schedule = schedule or Schedule()
     ctx = ctx or context(fs, schedule, schedule.seed, device)
-    return fit_methods([method], fs, schedule, lrs, {method.name: fixed} if fixed else {}, ctx, train_source)[0]
+    result = fit_methods([method], fs, schedule, lrs, {method.name: fixed} if fixed else {}, ctx, train_source)[0]
+    result.candidates, result.records = None, []  # only a comparison's statistics need the other settings
+    return result
 
 
 def check_fixed(fixed: dict[str, dict[str, Any]] | None, methods: list[Method]) -> dict[str, dict[str, Any]]:
@@ -217,6 +249,10 @@ def evaluate_test(result: MethodResult, fs: FeatureSet) -> None:
     if method is not None and not method.probabilities:
         result.test["ece"] = None  # its scores are not probabilities
     result.correct = (pred == np.asarray(y))[None]
+    if result.candidates is not None and result.records:
+        right = np.stack([per_image_results(h, x, y, fs.num_classes)[0] for h in result.candidates])
+        result.records = [(*result.records[0], right)]
+        result.candidates = None  # the classifiers of the other settings are no longer needed
 
 
 def _seed_record(seed: int, r: MethodResult) -> dict:
@@ -228,6 +264,11 @@ def _seed_record(seed: int, r: MethodResult) -> dict:
         "val_balanced_acc": None if r.val is None else r.val.get("balanced_acc"),
         "test": test,
     }
+
+
+def _stacked(records: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-seed ``(val right, val nll, test right)`` of ``(G, n)`` each -> ``(S, G, n)`` each."""
+    return tuple(np.stack([rec[i] for rec in records]) for i in range(3))
 
 
 def mark_duplicates(results: list[MethodResult], methods: list[Method]) -> None:
@@ -253,14 +294,18 @@ def compare(
     show_progress: bool = False,
     fits_per_method: int | None = DEFAULT_FITS_PER_METHOD,
     seeds: int = 1,
+    resamples: int = RESAMPLES,
 ) -> list[MethodResult]:
     """Fit every method (selection on validation), then evaluate each on test once.
     ``fixed`` maps a method name to hyperparameters it fixes (see :func:`fit_method`);
     ``fits_per_method``: equal for all (:func:`plan_job`; None: every method's
     whole grid); ``seeds``: stage 2 is repeated with seeds ``schedule.seed + i`` (batch
     order, re-initialised heads) and each result carries every seed's choice and test
-    accuracy, their mean, and its paired bootstrap difference to the best method
-    (:mod:`lort.analysis.uncertainty`); the heads returned are the first seed's.
+    accuracy, their mean, and its difference to the reference (the method validation
+    picks) with a simultaneous interval from a two-level paired bootstrap of ``resamples``
+    draws (:mod:`lort.analysis.uncertainty`; every choice re-made on each resampled
+    validation split); the heads returned are the first seed's. Without a validation
+    split there is no reference and no interval.
     ``device``: where the features go (once) and the classifiers train; default CPU;
     ``memory_budget`` (bytes, default what is free) caps the settings trained side by side
     (:func:`lort.stage2.plan.make_plan`; a ``plan`` made before may be given);
@@ -293,11 +338,20 @@ def compare(
     results = runs[0]
     for j, r in enumerate(results):
         same = [run[j] for run in runs]
+        r.records = [x.records[0] for x in same if x.records]
+        r.choices = [x.choice for x in same]
         r.seeds = [_seed_record(schedule.seed + i, x) for i, x in enumerate(same)]
         r.correct = np.concatenate([x.correct for x in same])
         r.time_s = sum(x.time_s for x in same)
-    diffs = paired_bootstrap({r.method: r.correct for r in results}, fs.splits["test"][1])
-    for r in results:
-        r.difference = diffs[r.method]
+    if fs.has_split("val") and all(r.records for r in results):
+        verdicts = compare_to_reference(
+            {r.method: Records(*_stacked(r.records), chosen=np.asarray(r.choices)) for r in results},
+            fs.splits["val"][1],
+            fs.splits["test"][1],
+            better,
+            resamples=resamples,
+        )
+        for r in results:
+            r.difference, r.verdicts = verdicts.differences[r.method], verdicts
     mark_duplicates(results, methods)
     return results

@@ -160,14 +160,30 @@ DISCRIMINANT_SHRINK = 1.0  # the identity's weight against the within-class cova
 
 
 def discriminant_directions(
-    x: torch.Tensor, y: torch.Tensor, num_classes: int, shrink: float = DISCRIMINANT_SHRINK, rows: int = 8192
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    shrink: float = DISCRIMINANT_SHRINK,
+    rows: int = 8192,
+    estimates: str = "pooled",
 ) -> torch.Tensor:
     """``(K, D)`` class directions of a Gaussian model of the classes with one shared
-    covariance and equal priors: ``w_k = (S + shrink * tr(S)/D * I)^-1 (mu_k - m)``, with
-    ``mu_k`` each class's mean feature, ``m`` the mean training feature and ``S`` the
-    covariance of the features about their class means (shrunk towards the identity at the
-    same scale). No class prior and no class count enters the directions. The covariance is
-    accumulated ``rows`` at a time in float64 (no centred copy of ``x``)."""
+    covariance, scored without a class prior: ``w_k = (S + shrink * tr(S)/D * I)^-1 (mu_k - m)``,
+    with ``mu_k`` each class's mean feature and ``S`` shrunk towards the identity at its own
+    scale. ``estimates`` says how the centre ``m`` and the covariance ``S`` weigh the
+    classes:
+
+    - ``pooled`` (the default, chosen on validation: ``results/lort_default/init.md``):
+      ``m`` the mean training feature and ``S`` the covariance of every training feature
+      about its class mean, so that each class counts by its number of samples;
+    - ``equal``: ``m`` the mean of the class means and ``S`` the average of the classes'
+      own covariances, each class counting once.
+
+    The class counts enter only these two estimates (no prior term is added to the
+    logits). The covariance is accumulated ``rows`` at a time in float64 (no centred copy
+    of ``x``)."""
+    if estimates not in ("pooled", "equal"):
+        raise ValueError(f"estimates must be 'pooled' or 'equal', got {estimates!r}")
     d, f64 = x.shape[1], torch.float64
     chunks = [(x[i : i + rows], y[i : i + rows]) for i in range(0, len(x), rows)]
     sums = x.new_zeros(num_classes, d, dtype=f64)
@@ -175,12 +191,18 @@ def discriminant_directions(
         sums.index_add_(0, yc, xc.to(f64))
     counts = torch.bincount(y, minlength=num_classes).to(f64)
     means = sums / counts.clamp_min(1)[:, None]
-    center = sums.sum(0) / counts.sum().clamp_min(1)
+    present = counts > 0
+    if estimates == "pooled":
+        center = sums.sum(0) / counts.sum().clamp_min(1)
+    else:
+        center = means[present].mean(0)
     cov = x.new_zeros(d, d, dtype=f64)
     for xc, yc in chunks:
         r = xc - means[yc].to(x.dtype)
+        if estimates == "equal":  # each sample weighted by 1 / its class's count: classes count once
+            r = r * (1.0 / counts[yc]).sqrt().to(x.dtype)[:, None]
         cov += (r.T @ r).to(f64)
-    cov /= max(len(x), 1)
+    cov /= max(len(x), 1) if estimates == "pooled" else max(int(present.sum()), 1)
     cov.diagonal().add_(shrink * cov.diagonal().mean().clamp_min(1e-12))
     return torch.linalg.solve(cov, (means - center).T).T.to(x.dtype)
 

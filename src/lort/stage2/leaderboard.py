@@ -22,7 +22,7 @@ COLUMNS = [
     "test_many",
     "test_medium",
     "test_few",
-    "diff_to_best",
+    "diff_to_reference",
     "diff_ci",
     "tier",
     "val_acc",
@@ -58,45 +58,61 @@ def _ranked(results: list[MethodResult]) -> list[MethodResult]:
 
 
 def verdict(results: list[MethodResult], ours: str = "lort") -> str:
-    """Where LORT stands, in what the uncertainty supports: tied with the best when the 95%
-    paired bootstrap interval of its test-accuracy difference to the best holds 0."""
-    mine = [r for r in results if r.method == ours]
-    if not mine:
-        return ""
-    me, counted = mine[0], distinct(results)
-    seeds = me.row()["seeds"]
-    over = f"mean over {seeds} seeds" if seeds > 1 else "one seed"
-    acc = me.row()["test_acc"]
-    d = me.difference
-    if d is None:  # no interval (results not from compare)
-        return f"LORT: {acc:.2f}% test accuracy ({over})."
-    tied = [  # other methods tied with the best (the best itself, difference 0, is named apart)
-        r.method
-        for r in _ranked(counted)
-        if r.difference is not None and r.difference.tied and r.method not in (ours, d.best)
-    ]
-    lo, hi = 100 * d.low, 100 * d.high
-    count = f"{len(results)} rows, {len(counted)} distinct methods"
-    if d.best == ours:
-        text = f"LORT has the highest test accuracy ({acc:.2f}%, {over}; {count})"
+    """What the statistics support, as a reader wants it: the method validation would pick
+    (the reference), the methods indistinguishable from it on test, those below and above
+    it (simultaneous intervals over the whole table), where LORT stands, and what the
+    intervals carry."""
+    v = next((r.verdicts for r in results if r.verdicts is not None), None)
+    if v is None:
+        seeds = max((r.row()["seeds"] for r in results), default=1)
+        return (
+            "No validation split: every method ran at its defaults and nothing was chosen, so there is no "
+            f"reference and no interval; test accuracies are {'means over ' + str(seeds) + ' seeds' if seeds > 1 else 'one seed'}."
+        )
+    counted = {r.method for r in distinct(results)}
+    ranked = [r for r in _ranked(results) if r.difference is not None]
+
+    def names(tier: str) -> str:
+        found = [r.method for r in ranked if r.difference.tier == tier and r.method in counted]
+        return ", ".join(found) if found else "none"
+
+    ref = next(r for r in results if r.method == v.reference)
+    val = ref.row()["val_acc"]
+    text = (
+        f"The method you would pick on validation is {v.reference} (validation balanced accuracy {val:.2f}%"
+        + (f", mean over {v.seeds} seeds" if v.seeds > 1 else ", one seed")
+        + f"; picked again in {100 * v.reference_share:.0f}% of the resamples). "
+        f"Indistinguishable from it on test: {names('indistinguishable')}. Below it: {names('below the reference')}. "
+        f"Above it: {names('above the reference')}. ({len(results)} rows, {len(counted)} distinct methods; "
+        "duplicates and variants are listed in the table but not counted here.)"
+    )
+    mine = next((r for r in results if r.method == ours), None)
+    if mine is not None and mine.method != v.reference:
+        d = mine.difference
         text += (
-            f"; tied with it (95% paired bootstrap interval of the difference holds 0): {', '.join(tied)}."
-            if tied
-            else "; no other method is tied with it."
+            f" LORT ({ours}): {mine.row()['test_acc']:.2f}%, {d.tier}, {100 * d.diff:+.2f} points "
+            f"[{100 * d.low:+.2f}, {100 * d.high:+.2f}]."
         )
-    elif d.tied:
-        text = (
-            f"LORT is tied with the best method, {d.best}: LORT - {d.best} = {100 * d.diff:+.2f} points, "
-            f"95% interval [{lo:+.2f}, {hi:+.2f}] ({over}; {count})."
-        )
-    else:
-        text = (
-            f"LORT is below the best method, {d.best}: LORT - {d.best} = {100 * d.diff:+.2f} points, "
-            f"95% interval [{lo:+.2f}, {hi:+.2f}] ({over}; {count})."
-        )
-        if tied:
-            text += f" Tied with the best: {', '.join(tied)}."
-    return text
+    if v.test_best != v.reference:
+        text += f" Highest test accuracy, for information only (not a choice a user can make): {v.test_best}."
+    return text + " " + v.describe()
+
+
+def statistics(results: list[MethodResult]) -> dict | None:
+    """The leaderboard's statistics as data: reference, test-best, procedure, what varied."""
+    v = next((r.verdicts for r in results if r.verdicts is not None), None)
+    if v is None:
+        return None
+    return {
+        "reference": v.reference,
+        "test_best": v.test_best,
+        "procedure": v.procedure,
+        "resamples": v.resamples,
+        "seeds": v.seeds,
+        "varied": v.varied,
+        "not_varied": v.left_out,
+        "reference_picked_again": round(v.reference_share, 4),
+    }
 
 
 def rows(results: list[MethodResult]) -> list[dict]:
@@ -113,7 +129,7 @@ def _diff_cell(row: dict):
     if row["diff_ci"] is None:
         return None
     lo, hi = row["diff_ci"]
-    return f"{row['diff_to_best']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+    return f"{row['diff_to_reference']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
 def _method_cell(row: dict):
@@ -134,7 +150,7 @@ def markdown(results: list[MethodResult], title: str = "Stage-2 leaderboard", no
         "many",
         "medium",
         "few",
-        "diff to best [95% CI]",
+        "diff to reference [simultaneous 95% CI]",
         "tier",
         "val acc",
         "epoch",
@@ -167,8 +183,10 @@ def markdown(results: list[MethodResult], title: str = "Stage-2 leaderboard", no
         "choice was made on validation (val: balanced accuracy)"
         + (f"; mean ± standard deviation over {seeds} stage-2 seeds" if seeds > 1 else "; one stage-2 seed")
         + ".",
-        "- diff to best: test accuracy minus the best method's, with the 95% interval of a paired bootstrap "
-        "over test images (resampled within each class); tied with the best when the interval holds 0.",
+        "- reference: the method with the best validation score (balanced accuracy, ties by the lower "
+        "class-balanced log-loss, the mean over seeds), the method a user would pick. diff to reference: test "
+        "accuracy minus the reference's, with simultaneous 95% intervals that hold for every row at once "
+        "(the procedure is named under the table); below / above the reference when the whole interval is.",
         "- fits: settings each method trained (or evaluated) and chose among on validation; "
         "hyperparameters and epoch are the first seed's choice.",
         "",
@@ -218,6 +236,7 @@ def write_leaderboard(
     payload = {
         **meta,
         "verdict": verdict(results),
+        "statistics": statistics(results),
         "distinct_methods": len(distinct(results)),
         "results": [
             r.row() | {"title": r.title, "val": r.val, "test": r.test, "per_seed": r.seeds, "search": r.search}

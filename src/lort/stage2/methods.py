@@ -128,6 +128,11 @@ class Method:
         """Applied to a single trained (or untrained) classifier before evaluation."""
         return head
 
+    def choice_note(self, epoch: int | None, epochs: int) -> str | None:
+        """What a leaderboard row must say about the epoch chosen on validation (e.g. that
+        it came before a phase of the method's schedule), or None."""
+        return None
+
     def describe(self) -> str:
         params = "; ".join(p.describe() for p in self.params) or "none"
         text = f"{self.title} — {self.source}. Sampler: {self.sampler}. Hyperparameters: {params}."
@@ -182,7 +187,10 @@ class CERetraining(Method):
     name = "ce"
     title = "CE re-training"
     source = "plain cross-entropy, natural sampling, warm start from the stage-1 classifier"
-    deviations = ("no single source: the common re-training baseline",)
+    deviations = (
+        "no single source: the common re-training baseline",
+        "the shared re-training schedule (SGD, momentum 0.9, cosine, the learning rate and the epoch chosen on validation)",
+    )
 
 
 @register_method
@@ -254,7 +262,10 @@ class LORTBalanced(LORTReference):
     source = "LORT's target on the plain linear classifier with cRT's class-balanced sampler"
     sampler = "balanced"
     variant_of = "lort"
-    deviations = ("not in the LORT paper: the paper's recipe with class-balanced sampling",)
+    deviations = (
+        "not in the LORT paper: the paper's recipe with class-balanced sampling",
+        "the shared re-training schedule (SGD, momentum 0.9, cosine, the learning rate and the epoch chosen on validation)",
+    )
 
 
 @register_method
@@ -320,7 +331,9 @@ class WeightBalancing(Method):
         ),
     )
     deviations = (
-        "learning rate searched like every method (source: 0.01) and the shared number of epochs (source: 10)",
+        "the shared re-training schedule: learning rate searched like every method (source: 0.01), the shared number "
+        "of epochs (source: 10)",
+        "weight decay and the MaxNorm threshold searched on validation over their grids (source: fixed at 0.1 and 0.1)",
     )
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
@@ -340,7 +353,10 @@ class BalancedSoftmax(Method):
     name = "balanced_softmax"
     title = "Balanced Softmax"
     source = "Ren et al., Balanced Meta-Softmax for Long-Tailed Visual Recognition (NeurIPS 2020): cross-entropy of logits + log prior"
-    deviations = ("Balanced Softmax alone, without the meta-sampler",)
+    deviations = (
+        "Balanced Softmax alone, without the meta-sampler",
+        "the shared re-training schedule (SGD, momentum 0.9, cosine, the learning rate and the epoch chosen on validation)",
+    )
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
         prior = ctx.tensor(L.log_prior(ctx.counts))
@@ -391,6 +407,8 @@ class LabelAwareSmoothing(Method):
     deviations = (
         "no shift learning on BatchNorm (the features are cached)",
         "no learnable weight scaling of the source's stage 2: the classifier is re-trained directly",
+        "the shared re-training schedule (SGD, momentum 0.9, cosine, the learning rate and the epoch chosen on validation) instead of the source's stage-2 schedule",
+        "the head-to-tail smoothing searched over two pairs, (0.3, 0.0) and (0.4, 0.1)",
     )
     params = (
         Param(
@@ -419,7 +437,10 @@ class ClassBalancedReweighting(Method):
         "Cui et al., Class-Balanced Loss Based on Effective Number of Samples (CVPR 2019): softmax cross-entropy, "
         "sample weights (1 - beta) / (1 - beta^n_y) summing to K over classes, loss averaged over the batch"
     )
-    deviations = ("the softmax form only (the source also has sigmoid and focal forms)",)
+    deviations = (
+        "the softmax form only (the source also has sigmoid and focal forms)",
+        "a classifier re-trained on frozen features with the shared re-training schedule (SGD, momentum 0.9, cosine, the learning rate and the epoch chosen on validation) (the source trains the whole network)",
+    )
     params = (
         Param(
             "beta",
@@ -442,7 +463,10 @@ class Focal(Method):
     name = "focal"
     title = "Focal loss"
     source = "Lin et al., Focal Loss for Dense Object Detection (ICCV 2017): -(1 - p_y)^gamma log p_y"
-    deviations = ("softmax form for classification (the source's detector uses sigmoids and an alpha weight)",)
+    deviations = (
+        "softmax form for classification (the source's detector uses sigmoids and an alpha weight)",
+        "a classifier re-trained on frozen features with the shared re-training schedule (SGD, momentum 0.9, cosine, the learning rate and the epoch chosen on validation) (the source trains the whole network)",
+    )
     params = (Param("gamma", default=2.0, source_default=2.0, grid=(1.0, 2.0), low=0.0),)
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
@@ -462,12 +486,23 @@ class LDAMDRW(Method):
         f"effective-number re-weighting (beta {L.EFFECTIVE_NUMBER_BETA:g}) over the last 20% of epochs "
         "(the source: from epoch 160 of 200)"
     )
-    deviations = ("re-trains the classifier only, from the stage-1 directions (the source trains end to end)",)
+    deviations = (
+        "re-trains the classifier only, from the stage-1 directions (the source trains end to end)",
+        "the shared re-training schedule: re-weighting over the last 20% of its epochs (source: from epoch 160 of 200, "
+        "lr 0.1 with a warm-up); the epoch is chosen on validation, and a row whose epoch precedes the re-weighting "
+        "says so (LDAM without DRW)",
+    )
 
     head_class = CosineHead
 
     def build_head(self, ctx: FitContext, hps: list[dict]) -> Head:
         return CosineHead(ctx.init_weight, scale=LDAM_SCALE, groups=len(hps))
+
+    def choice_note(self, epoch: int | None, epochs: int) -> str | None:
+        start = drw_start(epochs) + 1  # the first epoch trained with the re-weighting
+        if epoch is not None and epoch < start:
+            return f"epoch {epoch} chosen before the re-weighting phase (epochs {start}-{epochs}): LDAM without DRW"
+        return None
 
     def loss(self, ctx: FitContext, hps: list[dict]) -> LossFn:
         return L.SoftCrossEntropy(
