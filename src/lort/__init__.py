@@ -11,6 +11,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "LogitsRetargetingClassifier": "lort.estimator",
     "RetrainingClassifier": "lort.estimator",
+    "LogitsRetargetingClassifierCV": "lort.estimator",
+    "RetrainingClassifierCV": "lort.estimator",
     "retrain_classifier": "lort.surgery",
     "LogitsRetargetingLoss": "lort.stage2.losses",
     "lort_target": "lort.stage2.losses",

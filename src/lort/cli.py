@@ -312,7 +312,23 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     from .stage2.methods import get_method
-    from .stage2.workflow import load_feature_source, run_retrain
+    from .stage2.workflow import load_feature_source, run_retrain, run_selected_retrain
+
+    names = [m.strip() for m in args.method.split(",") if m.strip()]
+    if args.cv is not None or names == ["auto"] or len(names) > 1:
+        if args.smooth is not None or args.target_ratio is not None or args.params:
+            raise LortError("--smooth, --target-ratio and --set fix one method's hyperparameters; with --cv or "
+                            "several methods each method's own grid is searched")  # fmt: skip
+        for name in names if names != ["auto"] else []:
+            get_method(name)
+        schedule, lrs = _schedule(args)
+        src = load_feature_source(
+            args.features, args.checkpoint, args.root, args.views, args.mode, args.bn_mode, args.seed
+        )
+        table = run_selected_retrain(src.features, names, args.out, schedule, lrs, args.cv, src.name)
+        print(table)
+        print(f"written to {args.out}")
+        return 0
 
     method = get_method(args.method)
     fixed = _fixed_params(args.params, method.name, single=True).get(method.name, {})
@@ -523,7 +539,19 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_extract)
 
     rt = sub.add_parser("retrain", help="stage 2: re-train the classifier with one method (default LORT)")
-    rt.add_argument("--method", default="lort", help="stage-2 method (see `lort methods`)")
+    rt.add_argument(
+        "--method",
+        default="lort",
+        help="stage-2 method (see `lort methods`), a comma-separated list, or auto (every method): "
+        "several are ranked and the best kept",
+    )
+    rt.add_argument(
+        "--cv",
+        type=int,
+        metavar="K",
+        help="choose by stratified K-fold cross-validation on the training split (no validation split needed; "
+        "the validation split, if any, is then not used)",
+    )
     rt.add_argument("--smooth", type=float, help="LORT smoothing value s in [0, 1) (default: searched)")
     rt.add_argument(
         "--target-ratio",

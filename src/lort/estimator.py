@@ -25,12 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from .analysis.metrics import per_class_accuracy
 from .data.features import FeatureSet
 from .errors import LortError
 from .stage2.compare import fit_method
+from .stage2.crossval import choose_method, cross_validate, refit, stratified_folds
+from .stage2.heads import logits_of
 from .stage2.losses import DEFAULT_SMOOTH
-from .stage2.methods import Method, get_method
-from .stage2.schedule import Schedule, check_lrs
+from .stage2.methods import METHODS, Method, get_method
+from .stage2.schedule import DEFAULT_FITS_PER_METHOD, DEFAULT_LRS, Schedule, check_lrs
 
 try:  # scikit-learn is optional: with it, the estimators are scikit-learn estimators
     from sklearn.base import BaseEstimator as _Base
@@ -178,6 +181,17 @@ def _grid_values(value, name: str) -> list:
 # ----------------------------------------------------------------------------- estimators
 
 
+def _refuse_fit_params(fit_params: dict) -> None:
+    """``sample_weight`` (or any other fit parameter) is refused in one clear line."""
+    if "sample_weight" in fit_params:
+        raise InputError(
+            "sample_weight is not supported: lort's methods re-weight classes by their own rules "
+            "(e.g. cb_reweight, ldam_drw); pass the samples unweighted"
+        )
+    if fit_params:
+        raise InputError(f"unknown fit parameter(s): {', '.join(sorted(fit_params))}")
+
+
 def _store_params(estimator, params: dict) -> None:
     """Store the ``__init__`` arguments unchanged as attributes (the estimator contract)."""
     for name, value in params.items():
@@ -230,10 +244,11 @@ class _RetrainerBase(_Mixin, _Base):
             raise InputError(f"init_intercept must hold {k} finite values, got shape {b.shape}")
         return w, b, "the given init_coef / init_intercept"
 
-    def fit(self, X, y, X_val=None, y_val=None):
+    def fit(self, X, y, X_val=None, y_val=None, **fit_params):
         """Re-train the classifier on features ``X`` (n_samples, n_features) with labels
         ``y``; ``X_val``/``y_val`` (optional) choose the epoch and any listed
         hyperparameters. Returns ``self``. Bad input raises ``ValueError``."""
+        _refuse_fit_params(fit_params)
         try:
             return self._fit(X, y, X_val, y_val)
         except LortError as exc:
@@ -241,7 +256,8 @@ class _RetrainerBase(_Mixin, _Base):
                 raise
             raise InputError(str(exc)) from None  # lort's own checks surface as the estimator's ValueError
 
-    def _fit(self, X, y, X_val, y_val):
+    def _data(self, X, y, X_val, y_val) -> tuple[np.ndarray, FeatureSet]:
+        """The checked inputs as a feature set (labels as class indices) and the classes."""
         X = check_features(X, "X")
         y = check_labels(y, len(X))
         try:
@@ -267,27 +283,37 @@ class _RetrainerBase(_Mixin, _Base):
             if unknown.any():
                 raise InputError(f"y_val holds label {_plain(yv[unknown][0])!r}, which is not a class of y")
             splits["val"] = (xv, pos.astype(np.int64))
-        has_val = "val" in splits
+        init_w, init_b, init_src = self._init_classifier(len(classes), X.shape[1])
+        fs = FeatureSet(splits=splits, classes=[str(c) for c in classes], init_weight=init_w, init_bias=init_b)
+        fs.meta["init_given"] = init_src
+        return classes, fs
+
+    def _store(self, head, classes: np.ndarray, fs: FeatureSet) -> None:
+        w, b = head.linear_params()
+        self.classes_ = classes
+        self.n_features_in_ = fs.dim
+        self.coef_ = w[0].cpu().numpy().astype(np.float64)
+        self.intercept_ = b[0].cpu().numpy().astype(np.float64)
+        self.normalize_input_ = not head.plain_linear
+        self.init_ = fs.meta.get("init_given") or fs.meta.get("init_classifier", "")
+
+    def _fit(self, X, y, X_val, y_val):
+        classes, fs = self._data(X, y, X_val, y_val)
+        has_val = fs.has_split("val")
         method, fixed = self._method_and_params()
         schedule, lrs = self._schedule_lrs()
         searched = {k: v for k, v in method.fixed_values(fixed).items() if len(v) > 1}
         searched |= {"lr": list(lrs)} if len(lrs) > 1 else {}
         if searched and not has_val:
             names = ", ".join(searched)
-            raise InputError(f"{names} list several values to search; pass X_val and y_val to choose among them")
-        init_w, init_b, init_src = self._init_classifier(len(classes), X.shape[1])
-        fs = FeatureSet(splits=splits, classes=[str(c) for c in classes], init_weight=init_w, init_bias=init_b)
+            raise InputError(
+                f"{names} list several values to search; pass X_val and y_val to choose among them, "
+                "or use the cross-validating estimator (RetrainingClassifierCV, LogitsRetargetingClassifierCV)"
+            )
         result = fit_method(method, fs, schedule, lrs if method.trains else None, fixed)
-        head = result.head
-        w, b = head.linear_params()
-        self.classes_ = classes
-        self.n_features_in_ = X.shape[1]
-        self.coef_ = w[0].numpy().astype(np.float64)
-        self.intercept_ = b[0].numpy().astype(np.float64)
-        self.normalize_input_ = not head.plain_linear
+        self._store(result.head, classes, fs)
         self.best_params_ = {k: v for k, v in result.hyperparameters.items() if k != "note"} | {"epoch": result.epoch}
         self.search_results_ = result.search
-        self.init_ = init_src or fs.meta.get("init_classifier", "")
         self.validation_score_ = None if result.val is None else result.val["balanced_acc"]
         return self
 
@@ -411,3 +437,209 @@ class RetrainingClassifier(_RetrainerBase):
         if not isinstance(given, dict):
             raise InputError(f"params must be a dict of hyperparameters, got {given!r}")
         return method, {k: _plain_values(v) for k, v in given.items()}
+
+
+# ----------------------------------------------------------------------------- cross-validated selection
+
+
+class RetrainingClassifierCV(_RetrainerBase):
+    """A stage-2 method, or the best of several (``method="auto"``), chosen without a
+    validation split: stratified ``cv``-fold cross-validation on the training data
+    (:mod:`lort.stage2.crossval`) chooses each method's hyperparameters, learning rate and
+    epoch by the comparison's selection rule (balanced accuracy, ties by the lower
+    class-balanced log-loss), and, for ``"auto"``, the method; the winner is refitted on
+    all of the training data. Given ``X_val``/``y_val``, those choose instead (as
+    ``lort compare`` does) and no folds are made.
+
+    ``method``: a method name, ``"auto"`` (every registered method) or a list of names.
+    ``params``: ``{method: {hyperparameter: value or list}}`` (or, for one method, its own
+    ``{hyperparameter: ...}``); what is not given is searched over the same budget as
+    ``lort compare`` (``fits_per_method`` settings, ``lr`` spread over the given range).
+    ``nested=True`` also estimates the selected model's accuracy without the optimism of
+    the selection: an outer ``cv``-fold loop repeats the whole selection on each outer
+    training part and scores it on the held-out part (``nested_score_``; ``cv`` times the
+    cost). Classes with fewer samples than folds stay in training and are scored in the
+    folds that hold one of their samples out; a class with one sample is never scored
+    (``cv_folds_`` says which).
+
+    Fitted attributes beyond the base estimator's: ``best_method_``, ``best_params_``
+    (with ``epoch``), ``best_score_`` (the fold-mean balanced accuracy of the choice: biased
+    upwards by the selection), ``cv_results_`` (one row per method, scikit-learn's layout:
+    ``method``, ``params``, ``mean_test_score``, ``std_test_score``,
+    ``split<i>_test_score``, ``rank_test_score``), ``selection_`` (how the choice was made)."""
+
+    def __init__(
+        self,
+        method="auto",
+        *,
+        cv: int = 5,
+        params: dict | None = None,
+        lr=DEFAULT_LRS,
+        fits_per_method: int | None = DEFAULT_FITS_PER_METHOD,
+        nested: bool = False,
+        epochs: int = Schedule.epochs,
+        batch_size: int = Schedule.batch_size,
+        momentum: float = Schedule.momentum,
+        weight_decay: float = Schedule.weight_decay,
+        init_coef=None,
+        init_intercept=None,
+        warm_start: bool = False,
+        random_state: int | None = 0,
+    ) -> None:
+        _store_params(self, locals())
+
+    def _candidates(self) -> list[tuple[Method, dict[str, Any]]]:
+        names = self.method
+        if names == "auto":
+            names = list(METHODS)
+        elif isinstance(names, str):
+            names = [names]
+        names = list(names)
+        if not names:
+            raise InputError("method lists no methods; give a name, a list of names or 'auto'")
+        given = self.params or {}
+        if not isinstance(given, dict):
+            raise InputError(f"params must be a dict, got {given!r}")
+        per_method = given if all(n in METHODS for n in given) and given else {}
+        if given and not per_method:  # the hyperparameters of the one method given
+            if len(names) != 1:
+                raise InputError("with several methods, params maps each method name to its hyperparameters")
+            per_method = {names[0]: given}
+        out = []
+        for name in names:
+            m = get_method(name)
+            fixed = {k: _plain_values(v) for k, v in (per_method.get(name) or {}).items()}
+            m.fixed_values(fixed)  # an unknown hyperparameter fails before any work
+            out.append((m, fixed))
+        return out
+
+    def _method_and_params(self):  # the base class's single-method path is not used here
+        raise NotImplementedError
+
+    def _fit(self, X, y, X_val, y_val):
+        classes, fs = self._data(X, y, X_val, y_val)
+        candidates = self._candidates()
+        schedule, lrs = self._schedule_lrs()
+        if fs.has_split("val"):
+            choice = self._select_on_validation(candidates, fs, schedule, lrs)
+        else:
+            choice = self._select_by_folds(candidates, fs, schedule, lrs)
+        method, setting, epoch, results, how = choice
+        head, _ = refit(method, fs, schedule, setting, epoch)
+        self._store(head, classes, fs)
+        self.best_method_ = method.name
+        self.best_params_ = dict(setting) | {"epoch": epoch}
+        self.cv_results_ = results
+        self.best_score_ = float(results["mean_test_score"][results["method"].index(method.name)])
+        self.selection_ = how
+        if self.nested:
+            if fs.has_split("val"):
+                raise InputError("nested=True estimates a cross-validated selection; it needs no X_val")
+            self.nested_score_, self.nested_scores_ = self._nested(candidates, fs, schedule, lrs)
+        return self
+
+    def _select_by_folds(self, candidates, fs, schedule, lrs):
+        folds = stratified_folds(fs.splits["train"][1], self.cv, schedule.seed)
+        self.cv_folds_ = folds
+        runs = [cross_validate(m, fs, schedule, lrs if m.trains else None, fixed, folds, self.fits_per_method)
+                for m, fixed in candidates]  # fmt: skip
+        win = choose_method(runs)
+        results = _cv_table(runs, self.cv)
+        r = runs[win]
+        return candidates[win][0], r.settings[r.best], r.epoch, results, folds.describe()
+
+    def _select_on_validation(self, candidates, fs, schedule, lrs):
+        from .stage2.compare import fit_methods
+        from .stage2.context import context
+        from .stage2.selection import best_index
+
+        methods = [m for m, _ in candidates]
+        fixed = {m.name: f for m, f in candidates if f}
+        ctx = context(fs, schedule, schedule.seed)
+        found = fit_methods(methods, fs, schedule, lrs, fixed, ctx, fits_per_method=self.fits_per_method)
+        rows = [[r.search[r.choice]["val_balanced_acc"], -(r.search[r.choice]["val_log_loss"] or 0.0)] for r in found]
+        win = best_index(rows)
+        r = found[win]
+        results = {
+            "method": [x.method for x in found],
+            "params": [{k: v for k, v in x.hyperparameters.items() if k != "note"} for x in found],
+            "mean_test_score": np.array([row[0] for row in rows], dtype=float),
+            "std_test_score": np.zeros(len(found)),
+            "rank_test_score": _ranks([row[0] for row in rows]),
+        }
+        setting = {k: v for k, v in r.hyperparameters.items() if k != "note"}
+        return candidates[win][0], setting, r.epoch, results, "the given validation split (X_val, y_val)"
+
+    def _nested(self, candidates, fs, schedule, lrs):
+        outer = stratified_folds(fs.splits["train"][1], self.cv, schedule.seed + 1)
+        x, y = fs.splits["train"]
+        scores = []
+        for f in range(self.cv):
+            held, rows = np.flatnonzero(outer.fold == f), np.flatnonzero(outer.fold != f)
+            if not len(held):
+                continue
+            inner = FeatureSet({"train": (x[rows], y[rows])}, fs.classes, fs.init_weight, fs.init_bias)
+            method, setting, epoch, _, _ = self._select_by_folds(candidates, inner, schedule, lrs)
+            head, _ = refit(method, inner, schedule, setting, epoch)
+            pred = logits_of(head, x[held]).argmax(1)
+            scores.append(float(np.nanmean(per_class_accuracy(pred, y[held], fs.num_classes))))
+        self.cv_folds_ = stratified_folds(fs.splits["train"][1], self.cv, schedule.seed)
+        return float(np.mean(scores)), scores
+
+
+class LogitsRetargetingClassifierCV(RetrainingClassifierCV):
+    """LORT with its smoothing, learning rate and epoch chosen by stratified ``cv``-fold
+    cross-validation on the training data (no validation split needed); see
+    :class:`RetrainingClassifierCV` for the procedure and the fitted attributes.
+    ``smooth``: a value or a list (default: LORT's searched grid, spread over the same
+    budget as ``lort compare``)."""
+
+    def __init__(
+        self,
+        smooth=None,
+        *,
+        recipe: str = "default",
+        cv: int = 5,
+        lr=DEFAULT_LRS,
+        fits_per_method: int | None = DEFAULT_FITS_PER_METHOD,
+        nested: bool = False,
+        epochs: int = Schedule.epochs,
+        batch_size: int = Schedule.batch_size,
+        momentum: float = Schedule.momentum,
+        weight_decay: float = Schedule.weight_decay,
+        init_coef=None,
+        init_intercept=None,
+        warm_start: bool = False,
+        random_state: int | None = 0,
+    ) -> None:
+        _store_params(self, locals())
+
+    def _candidates(self):
+        if self.recipe not in ("default", "reference"):
+            raise InputError(f"recipe must be 'default' or 'reference', got {self.recipe!r}")
+        m = get_method("lort" if self.recipe == "default" else "lort_reference")
+        fixed = {} if self.smooth is None else {"smooth": _plain_values(self.smooth)}
+        m.fixed_values(fixed)
+        return [(m, fixed)]
+
+
+def _ranks(scores) -> np.ndarray:
+    order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")
+    ranks = np.empty(len(order), dtype=int)
+    ranks[order] = np.arange(1, len(order) + 1)
+    return ranks
+
+
+def _cv_table(runs, k: int) -> dict:
+    """``cv_results_`` in scikit-learn's layout: one row per method at its chosen setting."""
+    accs = np.stack([r.fold_accuracies for r in runs])  # (M, k)
+    out = {
+        "method": [r.method for r in runs],
+        "params": [dict(r.settings[r.best]) | {"epoch": r.epoch} for r in runs],
+        "mean_test_score": np.nanmean(accs, axis=1),
+        "std_test_score": np.nanstd(accs, axis=1),
+    }
+    for i in range(k):
+        out[f"split{i}_test_score"] = accs[:, i]
+    out["rank_test_score"] = _ranks(out["mean_test_score"])
+    return out

@@ -16,7 +16,7 @@ from ..data.features import FeatureSet, load_features
 from ..data.transforms import NORMALIZATIONS
 from ..env_info import environment
 from ..errors import LortError
-from ..io import save_torch, write_json
+from ..io import save_npz, save_torch, write_json
 from ..layout import CompareRun
 from ..models import model_input_size
 from ..runtime.checkpoint import load_model
@@ -196,6 +196,70 @@ def run_compare(
     ]
     path = write_leaderboard(out, results, fs, meta, notes=notes)
     return results, path
+
+
+def run_selected_retrain(
+    fs: FeatureSet, methods: list[str], out: str | Path, schedule: Schedule, lrs, cv: int | None, source: str = ""
+) -> str:
+    """Choose among ``methods`` (``["auto"]``: every method) and their settings by
+    ``cv``-fold cross-validation on the training split (or, without ``cv``, on the
+    validation split), refit the winner on the training split, evaluate test once; write
+    ``selection.json`` (the ranking, the choice, how it was made, the test report) and
+    ``classifier.npz``. Returns the ranking as a Markdown table."""
+    from ..analysis.metrics import prediction_report
+    from ..analysis.tables import markdown_table
+    from ..estimator import RetrainingClassifierCV
+
+    if cv is None and not fs.has_split("val"):
+        raise LortError(f"{source or 'the features'}: no validation split to choose on; pass --cv K")
+    x, y = fs.splits["train"]
+    est = RetrainingClassifierCV(
+        method="auto" if methods == ["auto"] else methods,
+        cv=cv if cv is not None else 5,
+        lr=list(lrs),
+        epochs=schedule.epochs,
+        batch_size=schedule.batch_size,
+        momentum=schedule.momentum,
+        weight_decay=schedule.weight_decay,
+        init_coef=fs.init_weight,
+        init_intercept=fs.init_bias,
+        random_state=schedule.seed,
+    )
+    val = {} if cv is not None else {"X_val": fs.splits["val"][0], "y_val": fs.splits["val"][1]}
+    est.fit(x, y, **val)
+    xt, yt = fs.splits["test"]
+    test = prediction_report(est.predict(xt), yt, fs.train_counts)
+    res = est.cv_results_
+    rows = [
+        [res["rank_test_score"][i], m, round(100 * float(res["mean_test_score"][i]), 2),
+         round(100 * float(res["std_test_score"][i]), 2), res["params"][i]]
+        for i, m in enumerate(res["method"])
+    ]  # fmt: skip
+    rows.sort(key=lambda r: r[0])
+    table = markdown_table(["rank", "method", "selection score (balanced acc %)", "sd over folds", "chosen"], rows)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(
+        out / "selection.json",
+        {
+            "source": source,
+            "selection": est.selection_,
+            "chosen_method": est.best_method_,
+            "chosen": est.best_params_,
+            "selection_score": est.best_score_,
+            "note": "the selection score of the chosen method is biased upwards by the choice; "
+            "RetrainingClassifierCV(nested=True) estimates it without that optimism",
+            "ranking": [dict(zip(("rank", "method", "score", "sd", "chosen"), r, strict=True)) for r in rows],
+            "test": test,
+            "schedule": dataclasses.asdict(schedule),
+            "environment": environment(schedule.seed),
+        },
+    )
+    save_npz(out / "classifier.npz", weight=est.coef_.astype(np.float32), bias=est.intercept_.astype(np.float32))
+    return (
+        f"Selection: {est.selection_}. Chosen: {est.best_method_} {est.best_params_}; "
+        f"test accuracy {100 * test['acc']:.2f}%.\n\n" + table
+    )
 
 
 def run_retrain(

@@ -1,0 +1,163 @@
+"""Selection without a validation split: stratified folds, the CV estimators, method="auto",
+and the estimators inside scikit-learn's own search and pipeline tools."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lort import LogitsRetargetingClassifier, LogitsRetargetingClassifierCV, RetrainingClassifierCV
+from lort.errors import LortError
+from lort.stage2.crossval import cross_validate, stratified_folds
+from lort.stage2.methods import METHODS
+from lort.stage2.schedule import DEFAULT_LRS, Schedule
+from lort.testing import synthetic_features
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return synthetic_features(seed=1)
+
+
+def test_folds_are_stratified_and_rare_classes_are_handled_explicitly():
+    y = np.repeat(np.arange(4), [20, 7, 2, 1])
+    folds = stratified_folds(y, 5, seed=0)
+    for c, n in enumerate([20, 7, 2, 1]):
+        held = folds.fold[y == c]
+        if n >= 5:
+            assert sorted(np.bincount(held, minlength=5)) == sorted([n // 5 + (i < n % 5) for i in range(5)])
+        elif n >= 2:
+            assert (held >= 0).all() and len(set(held)) == n  # each sample held out once, in its own fold
+        else:
+            assert (held == -1).all()  # the only sample of its class always stays in training
+    assert folds.partial == [2] and folds.unscored == [3]
+    assert "scored in some folds only: [2]" in folds.describe() and "never scored: [3]" in folds.describe()
+    assert np.array_equal(stratified_folds(y, 5, seed=0).fold, folds.fold)
+    assert not np.array_equal(stratified_folds(y, 5, seed=1).fold, folds.fold)
+    with pytest.raises(LortError, match="folds >= 2"):
+        stratified_folds(y, 1)
+
+
+def test_cross_validation_scores_every_setting_in_every_fold_and_chooses_by_the_rule(toy):
+    folds = stratified_folds(toy.splits["train"][1], 3)
+    sched = Schedule(epochs=3)
+    r = cross_validate(METHODS["lort"], toy, sched, DEFAULT_LRS, None, folds, 6)
+    assert r.fold_scores.shape == (6, 3, 3, 2) and np.isfinite(r.fold_scores).all()
+    mean = r.fold_scores.mean(axis=2)
+    assert r.best_row[0] == pytest.approx(mean[:, :, 0].max())  # the best fold-mean balanced accuracy
+    assert 1 <= r.epoch <= 3
+    post = cross_validate(METHODS["tau_norm"], toy, sched, None, None, folds, 6)
+    assert post.fold_scores.shape[1] == 1 and post.epoch is None
+
+
+def test_the_cv_estimator_needs_no_validation_split_and_reports_like_scikit_learn(toy):
+    x, y = toy.splits["train"]
+    xt, yt = toy.splits["test"]
+    clf = RetrainingClassifierCV(method=["ce", "lort", "crt", "tau_norm"], cv=3, epochs=4).fit(x, y)
+    res = clf.cv_results_
+    assert res["method"] == ["ce", "lort", "crt", "tau_norm"]
+    assert {"params", "mean_test_score", "std_test_score", "split0_test_score", "split2_test_score",
+            "rank_test_score"} <= set(res)  # fmt: skip
+    best = int(np.argmin(res["rank_test_score"]))
+    assert clf.best_method_ == res["method"][best] and clf.best_score_ == pytest.approx(res["mean_test_score"].max())
+    assert clf.best_params_ == res["params"][best]
+    assert clf.score(xt, yt) > 0.6 and clf.selection_.startswith("3-fold stratified cross-validation")
+    # the refit is the chosen setting trained on all the data, kept at the chosen epoch
+    m = METHODS[clf.best_method_]
+    from lort.stage2.crossval import refit
+
+    setting = {k: v for k, v in clf.best_params_.items() if k != "epoch"}
+    from lort.data.features import FeatureSet
+
+    bare = FeatureSet({"train": (x, y)}, toy.classes)  # as the estimator sees it: no classifier given
+    head, _ = refit(m, bare, Schedule(epochs=4), setting, clf.best_params_["epoch"])
+    w, b = head.linear_params()
+    np.testing.assert_allclose(clf.coef_, w[0].numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_auto_ranks_every_method_and_validation_data_takes_over_when_given(toy):
+    x, y = toy.splits["train"]
+    xv, yv = toy.splits["val"]
+    auto = RetrainingClassifierCV(cv=2, epochs=2, fits_per_method=2).fit(x, y)
+    assert auto.cv_results_["method"] == list(METHODS) and auto.best_method_ in METHODS
+    on_val = RetrainingClassifierCV(method=["ce", "lort"], epochs=2).fit(x, y, X_val=xv, y_val=yv)
+    assert on_val.selection_ == "the given validation split (X_val, y_val)" and not hasattr(on_val, "cv_folds_")
+
+
+def test_lort_cv_searches_its_smoothing_and_nested_scores_the_whole_selection(toy):
+    x, y = toy.splits["train"]
+    clf = LogitsRetargetingClassifierCV(smooth=[0.5, 0.98], cv=3, epochs=3, nested=True).fit(x, y)
+    assert clf.best_method_ == "lort" and clf.best_params_["smooth"] in (0.5, 0.98)
+    assert len(clf.nested_scores_) == 3 and 0.0 < clf.nested_score_ <= 1.0
+    assert clf.nested_score_ == pytest.approx(np.mean(clf.nested_scores_))
+
+
+def test_bad_cv_input_is_a_clear_value_error(toy):
+    x, y = toy.splits["train"]
+    with pytest.raises(ValueError, match="folds >= 2"):
+        RetrainingClassifierCV(method="ce", cv=1).fit(x, y)
+    with pytest.raises(ValueError, match="unknown stage-2 method 'magic'"):
+        RetrainingClassifierCV(method="magic").fit(x, y)
+    with pytest.raises(ValueError, match="has no hyperparameter 'beta'"):
+        RetrainingClassifierCV(method="lort", params={"beta": 0.9}).fit(x, y)
+    with pytest.raises(ValueError, match="sample_weight is not supported"):
+        RetrainingClassifierCV(method="ce").fit(x, y, sample_weight=np.ones(len(y)))
+    with pytest.raises(ValueError, match="sample_weight is not supported"):
+        LogitsRetargetingClassifier().fit(x, y, sample_weight=np.ones(len(y)))
+    with pytest.raises(ValueError, match="cross-validating estimator"):
+        LogitsRetargetingClassifier(smooth=[0.9, 0.98]).fit(x, y)  # a list without X_val says where to go
+
+
+def test_inside_scikit_learns_search_cross_validation_and_pipelines(toy):
+    sk = pytest.importorskip("sklearn")
+    from sklearn.decomposition import PCA
+    from sklearn.model_selection import GridSearchCV, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    assert sk.__version__
+    x, y = toy.splits["train"]
+    xt, yt = toy.splits["test"]
+    grid = GridSearchCV(
+        LogitsRetargetingClassifier(epochs=3), {"smooth": [0.5, 0.98]}, cv=3, scoring="balanced_accuracy"
+    )
+    grid.fit(x, y)
+    assert grid.best_params_["smooth"] in (0.5, 0.98) and len(grid.cv_results_["mean_test_score"]) == 2
+    scores = cross_val_score(LogitsRetargetingClassifier(epochs=3), x, y, cv=3, scoring="balanced_accuracy")
+    assert scores.shape == (3,) and (scores > 0.5).all()
+    pipe = make_pipeline(StandardScaler(), PCA(n_components=6), LogitsRetargetingClassifier(epochs=3)).fit(x, y)
+    assert pipe.score(xt, yt) > 0.6
+    with pytest.raises(ValueError, match="sample_weight is not supported"):
+        GridSearchCV(LogitsRetargetingClassifier(epochs=2), {"smooth": [0.9]}, cv=2).fit(
+            x, y, sample_weight=np.ones(len(y))
+        )
+
+
+def test_the_cv_estimator_passes_check_estimator():
+    estimator_checks = pytest.importorskip("sklearn.utils.estimator_checks")
+    est = RetrainingClassifierCV(method=["ce", "tau_norm"], cv=2, epochs=2, fits_per_method=2)
+    results = estimator_checks.check_estimator(est, on_fail=None)
+    failed = [(r["check_name"], repr(r["exception"])[:300]) for r in results if r["status"] == "failed"]
+    assert not failed, failed
+    assert sum(r["status"] == "passed" for r in results) > 40
+
+
+def test_lort_retrain_ranks_methods_by_cross_validation_from_the_command_line(tmp_path, toy, capsys):
+    import json
+
+    from lort.cli import main
+    from lort.data.features import FeatureSet
+
+    path = tmp_path / "f.npz"
+    FeatureSet({k: v for k, v in toy.splits.items() if k != "val"}, toy.classes, toy.init_weight, toy.init_bias).save(
+        path
+    )
+    out = tmp_path / "sel"
+    assert main(["retrain", "--features", str(path), "--method", "ce,lort,crt", "--cv", "2", "--epochs", "2",
+                 "--out", str(out)]) == 0  # fmt: skip
+    record = json.loads((out / "selection.json").read_text())
+    assert record["chosen_method"] in ("ce", "lort", "crt") and [r["rank"] for r in record["ranking"]] == [1, 2, 3]
+    assert record["selection"].startswith("2-fold") and "biased upwards" in record["note"]
+    assert (out / "classifier.npz").is_file() and "Chosen:" in capsys.readouterr().out
+    assert main(["retrain", "--features", str(path), "--method", "auto", "--out", str(tmp_path / "x")]) == 2
+    assert "no validation split to choose on; pass --cv K" in capsys.readouterr().err
