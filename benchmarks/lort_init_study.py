@@ -88,7 +88,9 @@ def markdown(records: dict, chosen: str) -> str:
         "",
         "Each feature set with its classifier removed; the default LORT without validation data (defaults, last",
         "epoch, stage-2 seed 0). Cells: validation balanced accuracy / test accuracy (rarest 30% of classes), in %.",
-        "Command: `python benchmarks/lort_init_study.py --out results/lort_default/init <features>`.",
+        "Command: `python benchmarks/lort_init_study.py "
+        + ("--estimates --out results/lort_default/init_estimates" if EQUAL else "--out results/lort_default/init")
+        + " <features>`.",
         "",
         "| candidate | " + " | ".join(records) + " | mean validation |",
         "|---|" + "---|" * (len(records) + 1),

@@ -1,7 +1,7 @@
 """The LORT suite: does the default LORT help on every feature set, with and without
 validation data, over seeds? One command writes everything under --out:
 
-    python benchmarks/lort_suite.py --out results/lort_default FEATURES.npz [FEATURES.npz ...]
+    python benchmarks/lort_suite.py --out results/suite FEATURES.npz [FEATURES.npz ...]
 
 For each feature file (named by its file name):
 
@@ -139,12 +139,12 @@ def run_set(path: Path, out: Path) -> dict:
     return record
 
 
-def summary_markdown(records: dict) -> str:
+def summary_markdown(records: dict, out: str = "results/suite") -> str:
     lines = [
         "# LORT suite: default LORT against CE, cRT and the paper's recipe",
         "",
         f"Test accuracy %, mean ± sd over {SEEDS} stage-2 seeds; `rare`: mean accuracy of the rarest 30% of classes. ",
-        "Command: `python benchmarks/lort_suite.py --out results/lort_default <features>`.",
+        f"Command: `python benchmarks/lort_suite.py --out {out} <features>`.",
         "",
         "## Without validation data (defaults, last epoch)",
         "",
@@ -218,7 +218,7 @@ def main() -> None:
         print(f"{p.stem} ...", file=sys.stderr, flush=True)
         records[p.stem] = run_set(p, out)
         write_json(done, records)  # after each set: a killed run keeps what it finished
-    write_text(out / "summary.md", summary_markdown(records))
+    write_text(out / "summary.md", summary_markdown(records, args.out))
     print((out / "summary.md").read_text())
 
 

@@ -187,7 +187,7 @@ def test_figures_of_a_short_real_cifar10_lt_run(short_cifar10_lt_run, tmp_path):
     html, md = build_report(out)
     names = {p.name for p in (out / "figures").glob("*.png")}
     assert names == {"per_class_accuracy.png", "logits_magnitude_rsd.png", "sample_logits.png",
-                     "smoothing_sweep.png", "sensitivity.png", "class_counts.png"}  # fmt: skip
+                     "smoothing_sweep.png", "sensitivity.png", "class_counts.png", "forest.png"}  # fmt: skip
     for name in names:
         with Image.open(out / "figures" / name) as img:
             assert img.size[0] >= 400 and img.size[1] >= 250 and np.asarray(img.convert("L")).std() > 5, name

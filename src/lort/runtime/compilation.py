@@ -1,13 +1,11 @@
 """Whether stage 1 runs its training steps through ``torch.compile``.
 
-``stage1.compile: auto`` (the default) compiles only where it has been measured to pay:
-on a CPU with a C++ compiler that inductor can use, for a run of at least
-:data:`AUTO_MIN_STEPS` steps. Compiling ResNet-32's training step took 27-82 s on 2 cores
-(once per process; about 5 s with inductor's cache warm) and then ran 12-28% faster than
-eager in fp32 and 37% faster in bf16 (fused batch-norm, ReLU and residual kernels;
-``python benchmarks/stage1_throughput.py``), so a short run such as the demo (about
-1,200 steps) gains little or loses, and a 200-epoch CIFAR-LT run (about 39,000 steps)
-gains. On CUDA ``auto`` does not compile: not measured here. ``true`` compiles anyway,
+``stage1.compile: auto`` (the default) compiles only where it pays: on a CPU with a C++
+compiler that inductor can use, for a run of at least :data:`AUTO_MIN_STEPS` steps, where
+the one-off cost of compiling the training step is repaid by faster steps (fused
+batch-norm, ReLU and residual kernels); the measured costs and gains are in
+``docs/stage1.md`` and ``results/speed/``. A short run such as the demo stays eager. On
+CUDA ``auto`` does not compile (not yet measured there). ``true`` compiles anyway,
 ``false`` never. The choice and its reason are recorded like the precision's.
 """
 
