@@ -190,7 +190,7 @@ def markdown(table: list[dict], sets: list[str]) -> str:
         "balanced accuracy on the other half among the candidates minus the other half's balanced accuracy of the",
         "pick, in points, both ways round, averaged over seeds and methods that train. The test split is not read.",
         "Command:",
-        "`python benchmarks/selection_study.py --out results/lort_default/selection <features>`.",
+        "`python benchmarks/selection_study.py --seeds 2 --out results/lort_default/selection <features>`.",
         "",
         *header,
     ]

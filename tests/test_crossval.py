@@ -161,3 +161,45 @@ def test_lort_retrain_ranks_methods_by_cross_validation_from_the_command_line(tm
     assert (out / "classifier.npz").is_file() and "Chosen:" in capsys.readouterr().out
     assert main(["retrain", "--features", str(path), "--method", "auto", "--out", str(tmp_path / "x")]) == 2
     assert "no validation split to choose on; pass --cv K" in capsys.readouterr().err
+
+
+def test_lort_compare_cv_chooses_on_folds_and_states_it(tmp_path, toy, capsys):
+    import json
+
+    from lort.cli import main
+    from lort.data.features import FeatureSet
+
+    path = tmp_path / "f.npz"
+    FeatureSet({k: v for k, v in toy.splits.items() if k != "val"}, toy.classes, toy.init_weight, toy.init_bias).save(
+        path
+    )
+    out = tmp_path / "cmp"
+    assert main(["compare", "--features", str(path), "--methods", "ce,lort,tau_norm", "--cv", "2", "--epochs", "2",
+                 "--seeds", "2", "--out", str(out)]) == 0  # fmt: skip
+    board = json.loads((out / "leaderboard.json").read_text())
+    stats = board["statistics"]
+    assert (
+        stats["selection"].startswith("2-fold stratified cross-validation") and "cross-validation" in board["selection"]
+    )
+    cv_scores = {r["method"]: np.mean([s["val_balanced_acc"] for s in r["per_seed"]]) for r in board["results"]}
+    assert cv_scores[stats["reference"]] == max(cv_scores.values())  # the reference: the best fold-mean score
+    assert any("not re-made per resample" in x for x in stats["not_varied"])
+    assert "| cv acc |" in (out / "leaderboard.md").read_text()
+    assert board["verdict"].startswith("The method 2-fold stratified cross-validation on the training split picks")
+
+
+def test_cross_validation_on_a_lort_backbones_own_training_images_is_flagged(tmp_path, toy, capsys):
+    import json
+
+    from lort.cli import main
+    from lort.data.features import FeatureSet
+
+    fs = FeatureSet({k: v for k, v in toy.splits.items() if k != "val"}, toy.classes, toy.init_weight, toy.init_bias)
+    fs.meta["checkpoint"] = "runs/s1/best.pt"  # as lort extract records it
+    path = tmp_path / "f.npz"
+    fs.save(path)
+    out = tmp_path / "sel"
+    assert main(["retrain", "--features", str(path), "--method", "ce,lort", "--cv", "2", "--epochs", "2",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert "warning: the features come from a lort stage-1 checkpoint (runs/s1/best.pt)" in capsys.readouterr().err
+    assert "optimistic" in json.loads((out / "selection.json").read_text())["caveat"]

@@ -378,6 +378,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     memory_bytes = None if args.memory_budget is None else int(args.memory_budget * 2**20)
     plan = make_plan(resolved, src.features, schedule, lrs, fixed, memory_bytes, fits_per_method=fits, seeds=args.seeds)
     print(plan.describe(matmul_rate(plan), step_costs()), file=sys.stderr)
+    if args.cv is not None:
+        print(
+            f"      --cv {args.cv}: every fit above repeated in each of {args.cv} folds, then refitted", file=sys.stderr
+        )
     if args.dry_run:
         return 0
     _, path = run_compare(
@@ -393,6 +397,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         show_progress=True,
         fits_per_method=fits,
         seeds=args.seeds,
+        cv=args.cv,
     )
     print(path.read_text())
     print(f"written to {args.out}")
@@ -581,6 +586,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="fix a method's hyperparameter, e.g. --set lort.smooth=0.98 or --set tau_norm.tau=[0.5,1] (repeatable)",
     )
     cp.add_argument("--dry-run", action="store_true", help="print the plan (settings, FLOP, memory, time) and stop")
+    cp.add_argument(
+        "--cv",
+        type=int,
+        metavar="K",
+        help="choose every method's setting and epoch by stratified K-fold cross-validation on the training split "
+        "(for features without a validation split; one given is not used)",
+    )
     cp.add_argument(
         "--memory-budget",
         type=float,

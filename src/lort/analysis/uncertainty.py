@@ -35,6 +35,10 @@ import numpy as np
 
 RESAMPLES = 2000
 LEVEL = 0.95
+PROCEDURE_FIXED = (
+    "paired bootstrap (stage-2 seeds, then test images within each class; the choices held as made), "
+    "max-statistic simultaneous {level:.0%} intervals over all methods"
+)
 PROCEDURE = (
     "two-level paired bootstrap (stage-2 seeds, then validation and test images within each class; "
     "every choice of setting and the reference re-made on each resampled validation split), "
@@ -89,6 +93,7 @@ class Verdicts:
     varied: list[str] = field(default_factory=list)
     left_out: list[str] = field(default_factory=list)
     reference_share: float = 1.0  # fraction of resamples in which validation picks the reference again
+    selection: str = "validation"  # what chose: "validation" or "cross-validation" (the reference then fixed)
 
     def describe(self) -> str:
         """What the intervals carry and what they leave out, in one sentence."""
@@ -153,12 +158,17 @@ def compare_to_reference(
     level: float = LEVEL,
     seed: int = 0,
     chunk: int = 50,
+    reference: str | None = None,
 ) -> Verdicts:
     """The reference (the method validation picks), every method's difference to it and
     its tier, from each method's :class:`Records`. ``better(a, b)``: the selection rule on
     ``(N, 2)`` score rows (balanced accuracy, minus the log-loss). See the module
-    docstring for the procedure."""
+    docstring for the procedure. ``reference``: a reference chosen elsewhere (by
+    cross-validation on the training split); the choices are then held fixed and only the
+    seeds and the test images are resampled (the records' validation arrays may be empty)."""
     names = list(records)
+    if reference is not None and reference not in records:
+        raise ValueError(f"reference {reference!r} is not among the methods compared")
     if not names:
         raise ValueError("no methods to compare")
     val_labels, test_labels = np.asarray(val_labels), np.asarray(test_labels)
@@ -200,7 +210,7 @@ def compare_to_reference(
     # the point estimates: every seed once, the whole validation and test splits
     identity = np.arange(n_seeds)[None]
     chosen0, rows0 = method_rows(val_cw[None], identity, rechoose=False)
-    ref = int(_choose_rows(rows0, better)[0])
+    ref = int(_choose_rows(rows0, better)[0]) if reference is None else names.index(reference)
     acc0 = accuracies(np.full((1, n_test), 1.0 / n_test), identity, chosen0)[0]
     point = acc0 - acc0[ref]
 
@@ -212,8 +222,8 @@ def compare_to_reference(
         draw = rng.integers(0, n_seeds, size=(b, n_seeds)) if n_seeds > 1 else np.zeros((b, 1), dtype=np.int64)
         val_w = _resampled_weights(rng, val_strata, n_val, b) * val_cw
         test_w = _resampled_weights(rng, test_strata, n_test, b) / n_test
-        chosen, rows = method_rows(val_w, draw, rechoose=True)
-        refs = _choose_rows(rows, better)  # (b,)
+        chosen, rows = method_rows(val_w, draw, rechoose=reference is None)
+        refs = _choose_rows(rows, better) if reference is None else np.full(b, ref)  # (b,)
         acc = accuracies(test_w, draw, chosen)
         boots[start : start + b] = acc - acc[np.arange(b), refs][:, None]
         same_ref += int((refs == ref).sum())
@@ -237,21 +247,25 @@ def compare_to_reference(
         else:
             tier = "indistinguishable"
         differences[name] = Difference(names[ref], float(point[i]), float(lo), float(hi), tier)
-    varied = (["stage-2 seeds"] if n_seeds > 1 else []) + [
-        "validation images (each choice re-made)",
-        "test images",
-    ]
-    left_out = ["the epoch of each setting (kept as chosen on the whole validation split)", "stage-1 training"]
+    seeds_varied = ["stage-2 seeds"] if n_seeds > 1 else []
+    if reference is None:
+        varied = seeds_varied + ["validation images (each choice re-made)", "test images"]
+        left_out = ["the epoch of each setting (kept as chosen on the whole validation split)", "stage-1 training"]
+    else:
+        varied = seeds_varied + ["test images"]
+        left_out = ["the choices (made by cross-validation on the training split, not re-made per resample)",
+                    "stage-1 training"]  # fmt: skip
     if n_seeds == 1:
         left_out.insert(0, "stage-2 seeds (one seed: the interval covers the validation and test samples only)")
     return Verdicts(
         reference=names[ref],
         test_best=names[int(np.argmax(acc0))],
         differences=differences,
-        procedure=PROCEDURE.format(level=level),
+        procedure=(PROCEDURE if reference is None else PROCEDURE_FIXED).format(level=level),
         resamples=resamples,
         seeds=n_seeds,
         varied=varied,
         left_out=left_out,
         reference_share=same_ref / resamples,
+        selection="validation" if reference is None else "cross-validation",
     )

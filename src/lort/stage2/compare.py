@@ -355,3 +355,74 @@ def compare(
             r.difference, r.verdicts = verdicts.differences[r.method], verdicts
     mark_duplicates(results, methods)
     return results
+
+
+def compare_by_cv(
+    fs: FeatureSet,
+    methods: list[Method],
+    schedule: Schedule | None = None,
+    lrs: tuple[float, ...] | None = DEFAULT_LRS,
+    fixed: dict[str, dict[str, Any]] | None = None,
+    cv: int = 5,
+    fits_per_method: int | None = DEFAULT_FITS_PER_METHOD,
+    seeds: int = 1,
+    resamples: int = RESAMPLES,
+) -> list[MethodResult]:
+    """:func:`compare` for features without a validation split (any given one is not
+    used): every method's setting and epoch chosen by stratified ``cv``-fold
+    cross-validation on the training split (:mod:`lort.stage2.crossval`), the choice
+    refitted on all of it, then the test split evaluated once. The reference is the method
+    with the best fold-mean score (mean over seeds); the intervals resample the seeds and
+    the test images with the choices held as made (re-making k-fold choices per resample
+    would cost ``resamples`` times the folds), and the verdict says so."""
+    from .crossval import cross_validate, refit, stratified_folds
+
+    check_comparison(fits_per_method, seeds)
+    schedule = schedule or Schedule()
+    fixed = check_fixed(fixed, methods)
+    bare = FeatureSet({k: v for k, v in fs.splits.items() if k != "val"}, fs.classes, fs.init_weight, fs.init_bias)
+    folds = stratified_folds(bare.splits["train"][1], cv, schedule.seed)
+    runs: list[list[MethodResult]] = []
+    for i in range(seeds):
+        sched = dataclasses.replace(schedule, seed=schedule.seed + i)
+        found = []
+        for m in methods:
+            t0 = time.perf_counter()
+            cvr = cross_validate(m, bare, sched, lrs if m.trains else None, fixed.get(m.name), folds, fits_per_method)
+            setting = dict(cvr.settings[cvr.best])
+            head, _ = refit(m, bare, sched, setting, cvr.epoch)
+            r = MethodResult(
+                method=m.name,
+                title=m.title,
+                hyperparameters=setting,
+                epoch=cvr.epoch,
+                val={"balanced_acc": float(cvr.best_row[0])},
+                time_s=time.perf_counter() - t0,
+                head=head,
+                search=[
+                    {"hyperparameters": s, "cv_balanced_acc": float(cvr.mean[g, :, 0].max())}
+                    for g, s in enumerate(cvr.settings)
+                ],  # fmt: skip
+                fits=len(cvr.settings) * folds.k,
+            )
+            evaluate_test(r, bare)
+            found.append(r)
+        runs.append(found)
+    results = runs[0]
+    for j, r in enumerate(results):
+        same = [run[j] for run in runs]
+        r.seeds = [_seed_record(schedule.seed + i, x) for i, x in enumerate(same)]
+        r.correct = np.concatenate([x.correct for x in same])
+        r.time_s = sum(x.time_s for x in same)
+    rows = [[np.mean([s["val_balanced_acc"] for s in r.seeds]), 0.0] for r in results]
+    reference = results[best_index(rows)].method
+    none = np.zeros((seeds, 1, 0))
+    records = {r.method: Records(none, none, r.correct[:, None, :], np.zeros(seeds, dtype=np.int64)) for r in results}
+    verdicts = compare_to_reference(
+        records, np.zeros(0, dtype=np.int64), fs.splits["test"][1], better, resamples=resamples, reference=reference
+    )
+    for r in results:
+        r.difference, r.verdicts = verdicts.differences[r.method], verdicts
+    verdicts.selection = folds.describe()
+    mark_duplicates(results, methods)
+    return results

@@ -78,11 +78,16 @@ def verdict(results: list[MethodResult], ours: str = "lort") -> str:
 
     ref = next(r for r in results if r.method == v.reference)
     val = ref.row()["val_acc"]
+    on_val = v.selection == "validation"
     text = (
-        f"The method you would pick on validation is {v.reference} (validation balanced accuracy {val:.2f}%"
+        (
+            f"The method you would pick on validation is {v.reference} (validation balanced accuracy {val:.2f}%"
+            if on_val
+            else f"The method {v.selection} picks is {v.reference} (cross-validated balanced accuracy {val:.2f}%"
+        )
         + (f", mean over {v.seeds} seeds" if v.seeds > 1 else ", one seed")
-        + f"; picked again in {100 * v.reference_share:.0f}% of the resamples). "
-        f"Indistinguishable from it on test: {names('indistinguishable')}. Below it: {names('below the reference')}. "
+        + (f"; picked again in {100 * v.reference_share:.0f}% of the resamples). " if on_val else "). ")
+        + f"Indistinguishable from it on test: {names('indistinguishable')}. Below it: {names('below the reference')}. "
         f"Above it: {names('above the reference')}. ({len(results)} rows, {len(counted)} distinct methods; "
         "duplicates and variants are listed in the table but not counted here.)"
     )
@@ -112,6 +117,7 @@ def statistics(results: list[MethodResult]) -> dict | None:
         "varied": v.varied,
         "not_varied": v.left_out,
         "reference_picked_again": round(v.reference_share, 4),
+        "selection": v.selection,
     }
 
 
@@ -144,6 +150,8 @@ def _method_cell(row: dict):
 
 
 def markdown(results: list[MethodResult], title: str = "Stage-2 leaderboard", notes: list[str] = ()) -> str:
+    v = next((r.verdicts for r in results if r.verdicts is not None), None)
+    by_cv = v is not None and v.selection != "validation"
     header = [
         "method",
         "test acc",
@@ -152,9 +160,9 @@ def markdown(results: list[MethodResult], title: str = "Stage-2 leaderboard", no
         "few",
         "diff to reference [simultaneous 95% CI]",
         "tier",
-        "val acc",
+        "cv acc" if by_cv else "val acc",
         "epoch",
-        "hyperparameters (chosen on validation)",
+        "hyperparameters (chosen by cross-validation)" if by_cv else "hyperparameters (chosen on validation)",
         "fits",
         "time (s)",
     ]

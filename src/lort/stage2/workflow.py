@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from ..io import save_npz, save_torch, write_json
 from ..layout import CompareRun
 from ..models import model_input_size
 from ..runtime.checkpoint import load_model
-from .compare import compare, evaluate_test, fit_method
+from .compare import compare, compare_by_cv, evaluate_test, fit_method
 from .extract import extract_features
 from .full import BackboneFeatures
 from .heads import LinearHead, logits_of
@@ -149,27 +150,41 @@ def run_compare(
     show_progress: bool = False,
     fits_per_method: int | None = DEFAULT_FITS_PER_METHOD,
     seeds: int = DEFAULT_SEEDS,
+    cv: int | None = None,
 ) -> tuple[list, Path]:
     t0 = time.perf_counter()
-    results = compare(
-        fs,
-        resolve_methods(methods),
-        schedule,
-        lrs,
-        fixed,
-        progress=progress,
-        train_source=train_source,
-        plan=plan,
-        show_progress=show_progress,
-        fits_per_method=fits_per_method,
-        seeds=seeds,
+    if cv is not None:
+        if train_source is not None:
+            raise LortError("--cv runs on cached features; full mode (--mode full) is not supported with it")
+        if cv_caveat(fs):
+            print(f"warning: {cv_caveat(fs)}", file=sys.stderr)
+        results = compare_by_cv(fs, resolve_methods(methods), schedule, lrs, fixed, cv, fits_per_method, seeds)
+    else:
+        results = compare(
+            fs,
+            resolve_methods(methods),
+            schedule,
+            lrs,
+            fixed,
+            progress=progress,
+            train_source=train_source,
+            plan=plan,
+            show_progress=show_progress,
+            fits_per_method=fits_per_method,
+            seeds=seeds,
+        )
+    selection = (
+        "every hyperparameter and the epoch chosen on validation balanced accuracy; test evaluated once"
+        if cv is None
+        else f"every hyperparameter and the epoch chosen by {results[0].verdicts.selection} (the validation split, "
+        "if any, not used); test evaluated once"
     )
     meta = {
         "source": source,
         "fixed_hyperparameters": fixed or {},
         "schedule": dataclasses.asdict(schedule),
         "lrs": list(lrs) if lrs else [schedule.lr],
-        "selection": "every hyperparameter and the epoch chosen on validation balanced accuracy; test evaluated once",
+        "selection": selection,
         "budget": fits_per_method if fits_per_method is not None else "grid",
         "seeds": seeds,
         "tta": bool(fs.meta.get("tta_flip", False)),
@@ -190,12 +205,26 @@ def run_compare(
             else "every method's whole grid (budgets differ between methods)"
         )
         + f"; stage-2 seeds: {seeds}",
+        f"selection: {selection}" + (f" (caveat: {cv_caveat(fs)})" if cv is not None and cv_caveat(fs) else ""),
         f"mode: {meta['mode']}",
         "test-time augmentation: " + ("ON (flip averaging)" if meta["tta"] else "off"),
         f"warm start: {meta['init_classifier']}",
     ]
     path = write_leaderboard(out, results, fs, meta, notes=notes)
     return results, path
+
+
+CV_ON_TRAINED_IMAGES = (
+    "the features come from a lort stage-1 checkpoint ({}) trained on these training images: each held-out fold "
+    "holds images the backbone fitted, so cross-validated scores are optimistic and can favour methods that keep "
+    "the training distribution (see results/crossval/); a validation split the backbone never saw is safer"
+)
+
+
+def cv_caveat(fs: FeatureSet) -> str | None:
+    """The warning cross-validation on these features needs, if any."""
+    ckpt = fs.meta.get("checkpoint")
+    return CV_ON_TRAINED_IMAGES.format(ckpt) if ckpt else None
 
 
 def run_selected_retrain(
@@ -212,6 +241,9 @@ def run_selected_retrain(
 
     if cv is None and not fs.has_split("val"):
         raise LortError(f"{source or 'the features'}: no validation split to choose on; pass --cv K")
+    caveat = cv_caveat(fs) if cv is not None else None
+    if caveat:
+        print(f"warning: {caveat}", file=sys.stderr)
     x, y = fs.splits["train"]
     est = RetrainingClassifierCV(
         method="auto" if methods == ["auto"] else methods,
@@ -249,6 +281,7 @@ def run_selected_retrain(
             "selection_score": est.best_score_,
             "note": "the selection score of the chosen method is biased upwards by the choice; "
             "RetrainingClassifierCV(nested=True) estimates it without that optimism",
+            "caveat": caveat,
             "ranking": [dict(zip(("rank", "method", "score", "sd", "chosen"), r, strict=True)) for r in rows],
             "test": test,
             "schedule": dataclasses.asdict(schedule),
