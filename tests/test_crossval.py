@@ -19,6 +19,17 @@ def toy():
     return synthetic_features(seed=1)
 
 
+def _without_validation(tmp_path, toy, **meta):
+    """``toy`` saved without its validation split (and with ``meta``)."""
+    from lort.data.features import FeatureSet
+
+    fs = FeatureSet({k: v for k, v in toy.splits.items() if k != "val"}, toy.classes, toy.init_weight, toy.init_bias)
+    fs.meta.update(meta)
+    path = tmp_path / "f.npz"
+    fs.save(path)
+    return path
+
+
 def test_folds_are_stratified_and_rare_classes_are_handled_explicitly():
     y = np.repeat(np.arange(4), [20, 7, 2, 1])
     folds = stratified_folds(y, 5, seed=0)
@@ -146,12 +157,8 @@ def test_lort_retrain_ranks_methods_by_cross_validation_from_the_command_line(tm
     import json
 
     from lort.cli import main
-    from lort.data.features import FeatureSet
 
-    path = tmp_path / "f.npz"
-    FeatureSet({k: v for k, v in toy.splits.items() if k != "val"}, toy.classes, toy.init_weight, toy.init_bias).save(
-        path
-    )
+    path = _without_validation(tmp_path, toy)
     out = tmp_path / "sel"
     assert main(["retrain", "--features", str(path), "--method", "ce,lort,crt", "--cv", "2", "--epochs", "2",
                  "--out", str(out)]) == 0  # fmt: skip
@@ -167,12 +174,8 @@ def test_lort_compare_cv_chooses_on_folds_and_states_it(tmp_path, toy, capsys):
     import json
 
     from lort.cli import main
-    from lort.data.features import FeatureSet
 
-    path = tmp_path / "f.npz"
-    FeatureSet({k: v for k, v in toy.splits.items() if k != "val"}, toy.classes, toy.init_weight, toy.init_bias).save(
-        path
-    )
+    path = _without_validation(tmp_path, toy)
     out = tmp_path / "cmp"
     assert main(["compare", "--features", str(path), "--methods", "ce,lort,tau_norm", "--cv", "2", "--epochs", "2",
                  "--seeds", "2", "--out", str(out)]) == 0  # fmt: skip
@@ -192,12 +195,8 @@ def test_cross_validation_on_a_lort_backbones_own_training_images_is_flagged(tmp
     import json
 
     from lort.cli import main
-    from lort.data.features import FeatureSet
 
-    fs = FeatureSet({k: v for k, v in toy.splits.items() if k != "val"}, toy.classes, toy.init_weight, toy.init_bias)
-    fs.meta["checkpoint"] = "runs/s1/best.pt"  # as lort extract records it
-    path = tmp_path / "f.npz"
-    fs.save(path)
+    path = _without_validation(tmp_path, toy, checkpoint="runs/s1/best.pt")  # as lort extract records it
     out = tmp_path / "sel"
     assert main(["retrain", "--features", str(path), "--method", "ce,lort", "--cv", "2", "--epochs", "2",
                  "--out", str(out)]) == 0  # fmt: skip

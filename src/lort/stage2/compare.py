@@ -266,6 +266,20 @@ def _seed_record(seed: int, r: MethodResult) -> dict:
     }
 
 
+def _merge_seeds(runs: list[list[MethodResult]], first_seed: int) -> list[MethodResult]:
+    """The first seed's results, each carrying every seed's record, choice and test
+    correctness (``runs[i][j]``: seed ``i``'s result of method ``j``)."""
+    results = runs[0]
+    for j, r in enumerate(results):
+        same = [run[j] for run in runs]
+        r.records = [x.records[0] for x in same if x.records]
+        r.choices = [x.choice for x in same]
+        r.seeds = [_seed_record(first_seed + i, x) for i, x in enumerate(same)]
+        r.correct = np.concatenate([x.correct for x in same])
+        r.time_s = sum(x.time_s for x in same)
+    return results
+
+
 def _stacked(records: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-seed ``(val right, val nll, test right)`` of ``(G, n)`` each -> ``(S, G, n)`` each."""
     return tuple(np.stack([rec[i] for rec in records]) for i in range(3))
@@ -335,14 +349,7 @@ def compare(
             for r in found:
                 evaluate_test(r, fs)
             runs.append(found)
-    results = runs[0]
-    for j, r in enumerate(results):
-        same = [run[j] for run in runs]
-        r.records = [x.records[0] for x in same if x.records]
-        r.choices = [x.choice for x in same]
-        r.seeds = [_seed_record(schedule.seed + i, x) for i, x in enumerate(same)]
-        r.correct = np.concatenate([x.correct for x in same])
-        r.time_s = sum(x.time_s for x in same)
+    results = _merge_seeds(runs, schedule.seed)
     if fs.has_split("val") and all(r.records for r in results):
         verdicts = compare_to_reference(
             {r.method: Records(*_stacked(r.records), chosen=np.asarray(r.choices)) for r in results},
@@ -408,12 +415,7 @@ def compare_by_cv(
             evaluate_test(r, bare)
             found.append(r)
         runs.append(found)
-    results = runs[0]
-    for j, r in enumerate(results):
-        same = [run[j] for run in runs]
-        r.seeds = [_seed_record(schedule.seed + i, x) for i, x in enumerate(same)]
-        r.correct = np.concatenate([x.correct for x in same])
-        r.time_s = sum(x.time_s for x in same)
+    results = _merge_seeds(runs, schedule.seed)
     rows = [[np.mean([s["val_balanced_acc"] for s in r.seeds]), 0.0] for r in results]
     reference = results[best_index(rows)].method
     none = np.zeros((seeds, 1, 0))
