@@ -44,10 +44,6 @@ import torch
 from _common import run_main
 
 
-def logits_in_chunks(head, x: torch.Tensor, rows: int = 4096) -> torch.Tensor:
-    return torch.cat([head(x[i : i + rows]) for i in range(0, len(x), rows)], dim=1)
-
-
 def record_set(path: Path, seeds: int) -> list[dict]:
     from lort.data.features import load_features
     from lort.stage2 import context, engine, plan, selection

@@ -523,7 +523,8 @@ class RetrainingClassifierCV(_RetrainerBase):
         if fs.has_split("val"):
             choice = self._select_on_validation(candidates, fs, schedule, lrs)
         else:
-            choice = self._select_by_folds(candidates, fs, schedule, lrs)
+            self.cv_folds_ = stratified_folds(fs.splits["train"][1], self.cv, schedule.seed)
+            choice = self._select_by_folds(candidates, fs, schedule, lrs, self.cv_folds_)
         method, setting, epoch, results, how = choice
         head, _ = refit(method, fs, schedule, setting, epoch)
         self._store(head, classes, fs)
@@ -538,9 +539,7 @@ class RetrainingClassifierCV(_RetrainerBase):
             self.nested_score_, self.nested_scores_ = self._nested(candidates, fs, schedule, lrs)
         return self
 
-    def _select_by_folds(self, candidates, fs, schedule, lrs):
-        folds = stratified_folds(fs.splits["train"][1], self.cv, schedule.seed)
-        self.cv_folds_ = folds
+    def _select_by_folds(self, candidates, fs, schedule, lrs, folds):
         runs = [cross_validate(m, fs, schedule, lrs if m.trains else None, fixed, folds, self.fits_per_method)
                 for m, fixed in candidates]  # fmt: skip
         win = choose_method(runs)
@@ -579,11 +578,11 @@ class RetrainingClassifierCV(_RetrainerBase):
             if not len(held):
                 continue
             inner = FeatureSet({"train": (x[rows], y[rows])}, fs.classes, fs.init_weight, fs.init_bias)
-            method, setting, epoch, _, _ = self._select_by_folds(candidates, inner, schedule, lrs)
+            inner_folds = stratified_folds(y[rows], self.cv, schedule.seed)
+            method, setting, epoch, _, _ = self._select_by_folds(candidates, inner, schedule, lrs, inner_folds)
             head, _ = refit(method, inner, schedule, setting, epoch)
             pred = logits_of(head, x[held]).argmax(1)
             scores.append(float(np.nanmean(per_class_accuracy(pred, y[held], fs.num_classes))))
-        self.cv_folds_ = stratified_folds(fs.splits["train"][1], self.cv, schedule.seed)
         return float(np.mean(scores)), scores
 
 

@@ -134,7 +134,7 @@ def finish_job(job: Job, trained, ctx: FitContext, fs: FeatureSet, schedule: Sch
         point = point | {"note": "no validation split: defaults, nothing searched"}
     elif (note := method.choice_note(epoch, schedule.epochs)) is not None:
         point = point | {"note": note}
-    records = [per_image_results(h, xv, yv, k) for h in heads] if has_val else []
+    records = [per_image_results(h, xv, yv) for h in heads] if has_val else []
     return MethodResult(
         method=method.name,
         title=method.title,
@@ -151,8 +151,8 @@ def finish_job(job: Job, trained, ctx: FitContext, fs: FeatureSet, schedule: Sch
     )
 
 
-def per_image_results(head: Head, x, y, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Whether ``head`` gets each row of ``x`` right, and each row's negative
+def per_image_results(head: Head, x, y, with_nll: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Whether ``head`` gets each row of ``x`` right and, ``with_nll``, each row's negative
     log-likelihood of its label (row blocks: no full logit matrix held)."""
     y = torch.as_tensor(y, device=head_device(head))
     right, nll, start = [], [], 0
@@ -160,9 +160,10 @@ def per_image_results(head: Head, x, y, k: int) -> tuple[np.ndarray, np.ndarray]
         z = torch.from_numpy(block).to(y.device)
         yb = y[start : start + len(z)]
         right.append((z.argmax(1) == yb).cpu().numpy())
-        nll.append(-F.log_softmax(z.float(), dim=1).gather(1, yb[:, None])[:, 0].cpu().numpy())
+        if with_nll:
+            nll.append(-F.log_softmax(z.float(), dim=1).gather(1, yb[:, None])[:, 0].cpu().numpy())
         start += len(z)
-    return np.concatenate(right), np.concatenate(nll)
+    return np.concatenate(right), (np.concatenate(nll) if with_nll else None)
 
 
 def _validation(fs: FeatureSet, ctx: FitContext):
@@ -250,7 +251,7 @@ def evaluate_test(result: MethodResult, fs: FeatureSet) -> None:
         result.test["ece"] = None  # its scores are not probabilities
     result.correct = (pred == np.asarray(y))[None]
     if result.candidates is not None and result.records:
-        right = np.stack([per_image_results(h, x, y, fs.num_classes)[0] for h in result.candidates])
+        right = np.stack([per_image_results(h, x, y, with_nll=False)[0] for h in result.candidates])
         result.records = [(*result.records[0], right)]
         result.candidates = None  # the classifiers of the other settings are no longer needed
 
