@@ -56,11 +56,12 @@ def run_set(path: Path, folds: int, seeds: int) -> dict:
     return out
 
 
-def markdown(records: dict, command: str) -> str:
+def markdown(records: dict, command: str, cpu: str = "") -> str:
     lines = [
         "# Selection without a validation split",
         "",
-        f"Command: `{command}`. Test accuracy %, mean over stage-2 seeds; the method each selection picked per seed.",
+        f"Command: `{command}`. Machine: {cpu}. Stage 2 in fp32. Test accuracy %, mean over stage-2 seeds; "
+        "the method each selection picked per seed.",
         "",
         "| features | best default (method) | default LORT | auto on the validation split | picks | "
         "auto by CV on the training split | picks | time: validation / CV (s) |",
@@ -91,13 +92,15 @@ def main() -> None:
     import sys
 
     from lort.io import write_json, write_text
+    from lort.runtime.precision import cpu_capability
 
+    cpu = cpu_capability().describe()
     records = {Path(p).stem: run_set(Path(p), args.folds, args.seeds) for p in args.features}
     command = "python benchmarks/cv_selection.py " + " ".join(sys.argv[1:])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out.with_suffix(".json"), {"command": command, "records": records})
-    write_text(out.with_suffix(".md"), markdown(records, command))
+    write_json(out.with_suffix(".json"), {"command": command, "cpu": cpu, "records": records})
+    write_text(out.with_suffix(".md"), markdown(records, command, cpu))
     print(out.with_suffix(".md").read_text())
 
 
