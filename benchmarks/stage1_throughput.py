@@ -18,7 +18,8 @@ interleaved rounds, the order reversed every other round) and the ratios to the 
 (of the medians, and the median of each round's own ratio, which a drifting machine
 disturbs less), and with ``--out FILE.json`` writes them to a file.
 
-    python benchmarks/stage1_throughput.py [--steps 40] [--rounds 9] [--root DIR] [--out results/speed/stage1.json]
+    python benchmarks/stage1_throughput.py [--steps 40] [--rounds 9] [--root DIR] [--regularisers]
+        [--out results/speed/stage1.json]
 
 The data root is ``--root``, else ``LORT_DATA``, else ``../shared/data`` beside the repository.
 """
@@ -37,13 +38,15 @@ from _common import default_root, run_main
 from PIL import Image
 
 from lort.data import DataConfig, build_dataset
-from lort.data.augment import CIFAR_MEAN, CIFAR_STD, BatchAugment, iterate_batches
+from lort.data.augment import CIFAR_MEAN, CIFAR_STD, BatchAugment, BatchMix, iterate_batches
+from lort.data.policies import BatchPolicy
 from lort.env_info import environment
 from lort.io import write_json
 from lort.models import create_model
 from lort.models.cifar_resnet import BasicBlock, CifarResNet
 from lort.runtime.compilation import AUTO_MIN_STEPS, choose_compile, compiled
 from lort.runtime.precision import autocast, choose_precision, cpu_capability
+from lort.stage1.train import mixed_loss
 
 
 class PilCifar(torch.utils.data.Dataset):
@@ -95,9 +98,11 @@ def reference_resnet32(num_classes: int) -> torch.nn.Module:
     return model
 
 
-def run(batches, model, steps, warmup, channels_last, precision=None, step_fn=None):
+def run(batches, model, steps, warmup, channels_last, precision=None, step_fn=None, mix=None):
     """Images/s over ``steps`` steps after ``warmup``, and the seconds of the first step
-    (which includes compiling, for a compiled ``step_fn``)."""
+    (which includes compiling, for a compiled ``step_fn``); ``mix`` mixes each batch as
+    stage 1 does (mixup / CutMix)."""
+    rng = np.random.default_rng(0)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-3)
     model.train()
     step_fn = model if step_fn is None else step_fn
@@ -113,9 +118,12 @@ def run(batches, model, steps, warmup, channels_last, precision=None, step_fn=No
         if i >= warmup + steps:
             break
         x = x.to(memory_format=fmt)
+        partner, lam = y, 1.0
+        if mix is not None:
+            x, partner, lam = mix(x, y, rng)
         with autocast(precision, "cpu"):
             logits = step_fn(x)
-        loss = F.cross_entropy(logits.float(), y)
+        loss = mixed_loss(logits.float(), y, partner, lam, 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -131,6 +139,11 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=9, help="interleaved measurement rounds (medians reported)")
     ap.add_argument("--out", help="also write the figures to this JSON file")
+    ap.add_argument(
+        "--regularisers",
+        action="store_true",
+        help="also the eager default with mixup (alpha 1) and with RandAugment (N 2, M 9)",
+    )
     args = ap.parse_args()
     ds = build_dataset(DataConfig(dataset="cifar10", root=args.root or default_root()))
     imgs, labels = ds.train.images, ds.train.labels
@@ -146,13 +159,15 @@ def main():
     print(f"compile=auto for the standard {standard_steps}-step schedule: {'on' if compiling.enabled else 'off'} "
           f"({compiling.reason}); runs under {AUTO_MIN_STEPS:,} steps, such as the demo, stay eager")  # fmt: skip
 
-    def lort(amp, compile_choice=None):
+    def lort(amp, compile_choice=None, policy=None, mixup=0.0):
         torch.manual_seed(0)
         model = create_model("resnet32", 10).to(memory_format=torch.channels_last)
         gen = torch.Generator().manual_seed(0)
-        batches = iterate_batches(imgs, labels, args.batch_size, True, gen, BatchAugment(), drop_last=True)
+        augment = BatchAugment(policy=BatchPolicy(policy) if policy else None)
+        batches = iterate_batches(imgs, labels, args.batch_size, True, gen, augment, drop_last=True)
         step_fn = compiled(model, compile_choice) if compile_choice is not None else model
-        return run(batches, model, args.steps, args.warmup, True, choose_precision(amp, "cpu"), step_fn)
+        mix = BatchMix(mixup_alpha=mixup) if mixup else None
+        return run(batches, model, args.steps, args.warmup, True, choose_precision(amp, "cpu"), step_fn, mix)
 
     def reference():
         torch.manual_seed(0)
@@ -171,12 +186,17 @@ def main():
         "lort_default": lambda: lort("auto", compiling),
         "reference_style": reference,
     }
+    if args.regularisers:
+        runs["lort_default_eager_mixup"] = lambda: lort("auto", mixup=1.0)
+        runs["lort_default_eager_randaugment"] = lambda: lort("auto", policy="randaugment")
     labels_of = {
         "lort_fp32": "lort, fp32, eager",
         "lort_default_eager": f"lort, default for runs under {AUTO_MIN_STEPS:,} steps (amp=auto -> {precision.name}, eager)",
         "lort_default": f"lort, default for the standard schedule (amp=auto -> {precision.name}, "
         f"compile={'on' if compiling.enabled else 'off'})",
         "reference_style": "reference style (per-sample PIL, DataLoader, NCHW, fp32)",
+        "lort_default_eager_mixup": f"lort, eager default (amp=auto -> {precision.name}) with mixup",
+        "lort_default_eager_randaugment": f"lort, eager default (amp=auto -> {precision.name}) with RandAugment",
     }
     rates = {k: [] for k in runs}
     first_step = {k: [] for k in runs}

@@ -8,7 +8,7 @@ import pytest
 
 from lort import LogitsRetargetingClassifier, LogitsRetargetingClassifierCV, RetrainingClassifierCV
 from lort.errors import LortError
-from lort.stage2.crossval import cross_validate, stratified_folds
+from lort.stage2.crossval import CVResult, cross_validate, stratified_folds
 from lort.stage2.methods import METHODS
 from lort.stage2.schedule import DEFAULT_LRS, Schedule
 from lort.testing import synthetic_features
@@ -64,7 +64,8 @@ def test_cross_validation_scores_every_setting_in_every_fold_and_chooses_by_the_
 def test_the_cv_estimator_needs_no_validation_split_and_reports_like_scikit_learn(toy):
     x, y = toy.splits["train"]
     xt, yt = toy.splits["test"]
-    clf = RetrainingClassifierCV(method=["ce", "lort", "crt", "tau_norm"], cv=3, epochs=4).fit(x, y)
+    # prefer=None: the plain arg-max of the folds' mean, as GridSearchCV chooses
+    clf = RetrainingClassifierCV(method=["ce", "lort", "crt", "tau_norm"], cv=3, epochs=4, prefer=None).fit(x, y)
     res = clf.cv_results_
     assert res["method"] == ["ce", "lort", "crt", "tau_norm"]
     assert {"params", "mean_test_score", "std_test_score", "split0_test_score", "split2_test_score",
@@ -202,3 +203,43 @@ def test_cross_validation_on_a_lort_backbones_own_training_images_is_flagged(tmp
                  "--out", str(out)]) == 0  # fmt: skip
     assert "warning: the features come from a lort stage-1 checkpoint (runs/s1/best.pt)" in capsys.readouterr().err
     assert "optimistic" in json.loads((out / "selection.json").read_text())["caveat"]
+
+
+def _cv_result(name: str, fold_accs) -> CVResult:
+    accs = np.asarray(fold_accs, dtype=float)
+    scores = np.stack([accs, np.zeros_like(accs)], axis=-1)[None, None]  # (G=1, E=1, k, 2)
+    return CVResult(name, [{}], scores, 0, None)
+
+
+def test_the_one_standard_error_rule_keeps_the_preferred_method_within_the_fold_noise():
+    from lort.stage2.crossval import choose_method, paired_gap
+
+    lort = _cv_result("lort", [0.70, 0.72, 0.74, 0.76, 0.78])
+    noisy = _cv_result("other", [0.74, 0.69, 0.77, 0.73, 0.81])  # leads by 0.008, fold spread larger
+    clear = _cv_result("clear", [0.75, 0.77, 0.79, 0.81, 0.83])  # leads by 0.05 in every fold
+    gap, se = paired_gap(noisy, lort)
+    assert gap == pytest.approx(0.008) and 0 < se and gap < se
+    assert choose_method([lort, noisy]) == 1  # the plain rule takes the best mean
+    assert choose_method([lort, noisy], prefer="lort") == 0
+    assert choose_method([lort, noisy, clear], prefer="lort") == 2
+    assert choose_method([noisy, clear], prefer="lort") == 1  # the preferred method is not a candidate
+    gap, se = paired_gap(clear, lort)
+    assert gap == pytest.approx(0.05) and se == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_estimator_applies_the_one_standard_error_rule_to_its_fold_table():
+    X, y = synthetic_features(seed=0, k=4, d=16).splits["train"]
+    for prefer in ("lort", "ce", None):
+        est = RetrainingClassifierCV(method=["ce", "lort"], cv=3, epochs=3, fits_per_method=1, prefer=prefer)
+        est.fit(X, y)
+        res = est.cv_results_
+        folds = np.stack([res[f"split{i}_test_score"] for i in range(3)], axis=1)  # (methods, folds)
+        top = int(np.argmin(res["rank_test_score"]))
+        expected = res["method"][top]
+        if prefer is not None and expected != prefer:
+            d = folds[top] - folds[res["method"].index(prefer)]
+            expected = expected if d.mean() > d.std(ddof=1) / np.sqrt(3) else prefer
+            assert f"prefer={prefer!r}" in est.selection_
+        assert est.best_method_ == expected
+    with pytest.raises(LortError, match="prefer"):
+        RetrainingClassifierCV(method=["ce", "lort"], cv=3, epochs=1, fits_per_method=1, prefer=3).fit(X, y)

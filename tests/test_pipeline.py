@@ -66,7 +66,22 @@ def test_pipeline_refuses_a_folder_holding_a_different_run(tmp_path, capsys):
     assert "already holds a run with a different config" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [["data"], ["train"], ["extract"], ["retrain"], ["compare"], ["run"],
+def test_a_run_recorded_before_keys_were_added_is_the_same_run(tmp_path):
+    from lort.config import dump_yaml, same_config
+
+    cfg = load_config(None, {"stage1.epochs": 7})
+    old = tmp_path / "config.yaml"
+    # the config as written before the stage-1 regularisers existed: those keys absent
+    text = "".join(ln + "\n" for ln in dump_yaml(cfg).splitlines() if "mixup" not in ln and "cutmix" not in ln)
+    old.write_text(text)
+    assert text != dump_yaml(cfg) and same_config(old, cfg)
+    other = load_config(None, {"stage1.epochs": 7, "stage1.mixup_alpha": 0.2})
+    assert not same_config(old, other)
+    old.write_text(text.replace("stage1:\n", "stage1:\n  removed_key: 1\n"))
+    assert not same_config(old, cfg)
+
+
+@pytest.mark.parametrize("command", [["data"], ["train"], ["extract"], ["retrain"], ["compare"], ["run"], ["tune"],
                                      ["report"], ["analyze"], ["sweep"], ["methods"], ["data", "info"], ["data", "plot"]])  # fmt: skip
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from . import __version__
 from .errors import LortError
@@ -415,9 +416,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .stage1.tune import format_value, load_space, tune
+
+    cfg = _run_config(args)
+    space = load_space(args.space)  # a bad space fails before the data is read
+    summary = tune(
+        cfg,
+        args.out,
+        trials=args.trials,
+        epochs=args.proxy_epochs,
+        sampler=args.sampler,
+        pruner=args.pruner,
+        storage=args.storage,
+        study_name=args.study_name,
+        space=space,
+        seed=args.tune_seed,
+        timeout=args.timeout,
+        keep_checkpoints=args.keep_checkpoints,
+    )
+    best = summary["best"]
+    if best is None:
+        print(f"no trial complete; see {Path(args.out) / 'trials.csv'}")
+        return 1
+    chosen = Path(args.out) / best["config"]
+    print(
+        f"best: trial {best['trial']}, validation balanced accuracy {best['val_balanced_acc']:.4f}, "
+        + ", ".join(f"{k}={format_value(v)}" for k, v in best["params"].items())
+        + f"\nconfig: {chosen}\nreport: {Path(args.out) / 'report.md'}"
+    )
+    if args.final:
+        from .config import load_config
+        from .pipeline import run_pipeline
+
+        final = Path(args.out) / "final"
+        result = run_pipeline(load_config(chosen), final, f"lort run {chosen} --out {final}")
+        if result:
+            print(result["leaderboard"].read_text())
+            print(f"report: {result['report']}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .analysis.report import build_report
+    from .stage1.tune import is_tune_folder, tune_report
 
+    if is_tune_folder(args.run_dir):
+        print(tune_report(args.run_dir))
+        return 0
     html, md = build_report(args.run_dir)
     print(f"{html}\n{md}")
     return 0
@@ -624,8 +670,48 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--out", required=True, help="run folder; re-running continues where it stopped")
     rn.set_defaults(func=cmd_run)
 
-    rp = sub.add_parser("report", help="HTML page and Markdown summary of a run or comparison folder")
-    rp.add_argument("run_dir", help="folder written by `lort run` or `lort compare`")
+    from .stage1.tune import DEFAULT_STUDY, PRUNERS, SAMPLERS
+
+    tu = sub.add_parser(
+        "tune",
+        help="stage 1: search lr, weight decay (or any stage1 key) on validation with Optuna; writes best.yaml",
+        description="Optuna search over stage-1 hyperparameters. Each trial trains a short proxy schedule and "
+        "is scored by its best validation balanced accuracy (the test split is never read); a pruner stops "
+        "trailing trials from their per-epoch curve. Trials are stored (SQLite in --out by default), so "
+        "re-running the command resumes the search. The winner's full-schedule config is written to "
+        "OUT/best.yaml for `lort run`.",
+    )
+    tu.add_argument("config_file", nargs="?", metavar="CONFIG", help="YAML config, e.g. configs/cifar10_lt_ir100.yaml")
+    _add_config_args(tu)
+    tu.add_argument("--out", required=True, help="tune folder; re-running resumes the study")
+    tu.add_argument("--trials", type=int, default=20, help="trials to finish, complete or pruned (default 20)")
+    tu.add_argument(
+        "--proxy-epochs",
+        type=int,
+        help="epochs of each trial (default: a quarter of stage1.epochs); the warm-up is scaled with it. "
+        "--epochs sets stage1.epochs, the full schedule written to best.yaml",
+    )
+    tu.add_argument(
+        "--space",
+        help="YAML search space: stage1.KEY: {low, high, log} or {choices: [...]} "
+        "(default: stage1.lr log [0.01, 0.4], stage1.weight_decay log [1e-4, 1e-2])",
+    )
+    tu.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="tpe (default), gp (Gaussian process), random")
+    tu.add_argument(
+        "--pruner", default="hyperband", choices=PRUNERS, help="early stopping of trials (default hyperband)"
+    )
+    tu.add_argument("--storage", help="Optuna storage URL shared by several processes (default: sqlite in --out)")
+    tu.add_argument("--study-name", default=DEFAULT_STUDY, help=f"study name in the storage (default {DEFAULT_STUDY})")
+    tu.add_argument("--tune-seed", type=int, default=0, help="seed of the sampler (default 0)")
+    tu.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    tu.add_argument(
+        "--keep-checkpoints", action="store_true", help="keep each trial's checkpoints (removed by default)"
+    )
+    tu.add_argument("--final", action="store_true", help="then run the whole pipeline with best.yaml into OUT/final")
+    tu.set_defaults(func=cmd_tune)
+
+    rp = sub.add_parser("report", help="HTML page and Markdown summary of a run or comparison folder, or a tune study")
+    rp.add_argument("run_dir", help="folder written by `lort run`, `lort compare` or `lort tune`")
     rp.set_defaults(func=cmd_report)
 
     an = sub.add_parser("analyze", help="metrics of a logits file, or of a checkpoint's/feature file's classifier")

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .data.config import DataConfig
+from .data.policies import AUGMENT_POLICIES, MAX_MAGNITUDE
 from .errors import LortError
 from .runtime.compilation import valid_compile_setting
 from .runtime.precision import AMP_MODES
@@ -33,6 +34,14 @@ class Stage1Config:
     weight_decay: float = 5e-3  # the recipe's tuned weight decay
     warmup_epochs: int = 0  # linear warm-up before the cosine schedule
     max_norm: float | None = None  # per-class classifier weight-norm bound after each step
+    augment: str = "standard"  # standard (pad-4 crop + flip) | randaugment (Cubuk et al. 2020) | autoaugment (CIFAR-10 policy, Cubuk et al. 2019)
+    randaugment_ops: int = 2  # RandAugment N: operations per image
+    randaugment_magnitude: int = 9  # RandAugment M, on the 0-30 scale of the paper
+    cutout: int = 0  # Cutout square side in pixels, after the policy (DeVries & Taylor 2017); 0 = off
+    mixup_alpha: float = 0.0  # mixup Beta(alpha, alpha) (Zhang et al. 2018; MiSLAS's stage 1 uses 1.0); 0 = off
+    cutmix_alpha: float = 0.0  # CutMix Beta(alpha, alpha) (Yun et al. 2019); 0 = off
+    mix_prob: float = 1.0  # fraction of batches mixed; with both mixup and CutMix each mixed batch picks one
+    label_smoothing: float = 0.0  # stage-1 cross-entropy label smoothing (Szegedy et al. 2016)
     amp: str = "auto"  # none | auto (bf16 where native: AMX or AVX512_BF16 CPUs, Ampere+ GPUs) | bf16 | fp16 (GPU)
     channels_last: bool = True  # memory format of the convolutions (faster on CPUs and tensor cores)
     compile: bool | str = "auto"  # auto (CPU with a C++ compiler, runs of 10,000+ steps) | true | false
@@ -163,20 +172,25 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def read_yaml(path: str | Path, what: str) -> Any:
+    """A YAML file's content; a missing file or bad YAML is one error naming the file (and line)."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LortError(f"{path}: no such {what}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise LortError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
     """Load a YAML file (or defaults), apply overrides, validate, return a :class:`RunConfig`."""
     tree: dict = {}
     where = "command line"
     if path is not None:
         where = str(path)
-        try:
-            tree = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise LortError(f"{path}: no such config file") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark else ""
-            raise LortError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        tree = read_yaml(path, "config file") or {}
         if not isinstance(tree, dict):
             raise LortError(f"{path}: a config file must be a mapping of sections")
     items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
@@ -206,6 +220,23 @@ def validate(cfg: RunConfig) -> None:
             f"stage1.warmup_epochs must lie in [0, epochs), got {s1.warmup_epochs}",
         ),
         (s1.max_norm is None or s1.max_norm > 0, f"stage1.max_norm must be > 0, got {s1.max_norm}"),
+        (
+            s1.augment in AUGMENT_POLICIES,
+            f"stage1.augment must be one of {', '.join(AUGMENT_POLICIES)}, got {s1.augment!r}",
+        ),
+        (s1.randaugment_ops >= 1, f"stage1.randaugment_ops must be >= 1, got {s1.randaugment_ops}"),
+        (
+            0 <= s1.randaugment_magnitude <= MAX_MAGNITUDE,
+            f"stage1.randaugment_magnitude must lie in [0, {MAX_MAGNITUDE}], got {s1.randaugment_magnitude}",
+        ),
+        (s1.cutout >= 0, f"stage1.cutout must be >= 0, got {s1.cutout}"),
+        (s1.mixup_alpha >= 0, f"stage1.mixup_alpha must be >= 0, got {s1.mixup_alpha}"),
+        (s1.cutmix_alpha >= 0, f"stage1.cutmix_alpha must be >= 0, got {s1.cutmix_alpha}"),
+        (0 <= s1.mix_prob <= 1, f"stage1.mix_prob must lie in [0, 1], got {s1.mix_prob}"),
+        (
+            0 <= s1.label_smoothing < 1,
+            f"stage1.label_smoothing must lie in [0, 1), got {s1.label_smoothing}",
+        ),
         (s1.amp in AMP_MODES, f"stage1.amp must be one of {', '.join(AMP_MODES)}, got {s1.amp!r}"),
         (
             valid_compile_setting(s1.compile),
@@ -232,3 +263,36 @@ def to_dict(cfg: Any) -> dict:
 
 def dump_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def field_default(section: str, key: str) -> Any:
+    """The default of ``section.key`` in a fresh :class:`RunConfig` (None if no such key)."""
+    return getattr(getattr(RunConfig(), section, None), key, None)
+
+
+def config_differences(
+    recorded: dict, cfg: RunConfig, sections: tuple[str, ...] = ("data", "stage1", "stage2"), ignore=()
+) -> list[tuple[str, Any, Any]]:
+    """``(section.key, recorded value, cfg's value)`` for each key of ``sections`` where the
+    config ``recorded`` (a dict, e.g. from a checkpoint) and ``cfg`` disagree. A key the
+    record lacks (added to lort after it was made) agrees when ``cfg`` leaves it at its default."""
+    now, out = to_dict(cfg), []
+    for section in sections:
+        saved = recorded.get(section) or {}
+        for key, value in now[section].items():
+            if key in ignore or (key not in saved and value == field_default(section, key)):
+                continue
+            if saved.get(key) != value:
+                out.append((f"{section}.{key}", saved.get(key), value))
+    return out
+
+
+def same_config(path: Path, cfg: RunConfig) -> bool:
+    """The config file at ``path`` is ``cfg``: the same text, or one written before keys were
+    added that ``cfg`` leaves at their defaults (it loads to the same values)."""
+    if path.read_text() == dump_yaml(cfg):
+        return True
+    try:
+        return to_dict(load_config(path)) == to_dict(cfg)
+    except LortError:  # a key that no longer exists, or a value no longer valid
+        return False

@@ -29,7 +29,7 @@ from .analysis.metrics import per_class_accuracy
 from .data.features import FeatureSet
 from .errors import LortError
 from .stage2.compare import fit_method
-from .stage2.crossval import choose_method, cross_validate, refit, stratified_folds
+from .stage2.crossval import PREFERRED, choose_method, cross_validate, paired_gap, refit, stratified_folds
 from .stage2.heads import logits_of
 from .stage2.losses import DEFAULT_SMOOTH
 from .stage2.methods import METHODS, Method, get_method
@@ -477,6 +477,7 @@ class RetrainingClassifierCV(_RetrainerBase):
         lr=DEFAULT_LRS,
         fits_per_method: int | None = DEFAULT_FITS_PER_METHOD,
         nested: bool = False,
+        prefer: str | None = PREFERRED,
         epochs: int = Schedule.epochs,
         batch_size: int = Schedule.batch_size,
         momentum: float = Schedule.momentum,
@@ -542,10 +543,21 @@ class RetrainingClassifierCV(_RetrainerBase):
     def _select_by_folds(self, candidates, fs, schedule, lrs, folds):
         runs = [cross_validate(m, fs, schedule, lrs if m.trains else None, fixed, folds, self.fits_per_method)
                 for m, fixed in candidates]  # fmt: skip
-        win = choose_method(runs)
+        prefer = getattr(self, "prefer", None)  # the one-method LogitsRetargetingClassifierCV has none
+        if prefer is not None and not isinstance(prefer, str):
+            raise InputError(f"prefer must be a method name or None, got {prefer!r}")
+        win, best = choose_method(runs, prefer), choose_method(runs)
         results = _cv_table(runs, self.cv)
         r = runs[win]
-        return candidates[win][0], r.settings[r.best], r.epoch, results, folds.describe()
+        how = folds.describe()
+        if prefer in results["method"] and runs[best].method != prefer:
+            gap, se = paired_gap(runs[best], runs[results["method"].index(prefer)])
+            judged = "more" if win == best else "no more"
+            how += (
+                f"; {runs[best].method} leads {prefer} by {100 * gap:.2f} points, {judged} than one standard error "
+                f"({100 * se:.2f}) of the paired fold difference: {runs[win].method} chosen (prefer={prefer!r})"
+            )
+        return candidates[win][0], r.settings[r.best], r.epoch, results, how
 
     def _select_on_validation(self, candidates, fs, schedule, lrs):
         from .stage2.compare import fit_methods

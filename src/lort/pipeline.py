@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .analysis.report import build_report
-from .config import RunConfig, dump_yaml
+from .config import RunConfig, dump_yaml, same_config
 from .data import build_dataset
 from .data.features import load_features
 from .env_info import environment
@@ -45,7 +45,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path, command: str | None = None) ->
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)  # what killed writers left behind
     config_text = dump_yaml(cfg)
-    if (run.config).is_file() and (run.config).read_text() != config_text:
+    if (run.config).is_file() and not same_config(run.config, cfg):
         raise LortError(f"{out} already holds a run with a different config; choose another --out")
     write_text(run.config, config_text)
     commands = json.loads((run.commands).read_text()) if (run.commands).is_file() else []

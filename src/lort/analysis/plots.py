@@ -211,3 +211,43 @@ def plot_sensitivity(grid: dict, path: str | Path) -> Path:
         ax.set_title(f"{m}: test acc (%), {grid['epochs']} epochs")
         fig.colorbar(im, ax=ax)
     return save_figure(fig, path)
+
+
+def plot_tune_history(rows: list[dict], keys: list[str], path: str | Path, log_keys: tuple = ()) -> Path:
+    """A tune study: each trial's validation score and the best so far (left), and the score
+    against each searched hyperparameter (right); pruned trials at their last reported score."""
+    numeric = [k for k in keys if all(isinstance(r["params"].get(k, 0.0), (int, float)) for r in rows)][:2]
+    fig, axes = plt.subplots(1, 1 + len(numeric), figsize=(6 + 4.5 * len(numeric), 4.2))
+    axes = np.atleast_1d(axes)
+    ax = axes[0]
+    done = [r for r in rows if r["state"] == "complete"]
+    pruned = [r for r in rows if r["state"] == "pruned" and r.get("last_reported") is not None]
+    ax.plot([r["number"] for r in done], [100 * r["val_balanced_acc"] for r in done], "o", label="complete")
+    if pruned:
+        ax.plot(
+            [r["number"] for r in pruned], [100 * r["last_reported"] for r in pruned], "x", color="0.5", label="pruned"
+        )
+    best, xs, ys = -np.inf, [], []
+    for r in sorted(done, key=lambda r: r["number"]):
+        best = max(best, 100 * r["val_balanced_acc"])
+        xs.append(r["number"])
+        ys.append(best)
+    if xs:
+        last = max(r["number"] for r in rows)
+        ax.step(xs + [last], ys + [ys[-1]], where="post", color="k", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation balanced accuracy (%)")
+    ax.set_title("study history (pruned: the best score before the stop)")
+    ax.legend(loc="best")
+    ax.grid(alpha=0.3)
+    for ax, key in zip(axes[1:], numeric, strict=True):
+        xs = [r["params"][key] for r in done]
+        ax.plot(xs, [100 * r["val_balanced_acc"] for r in done], "o")
+        ax.plot([r["params"][key] for r in pruned], [100 * r["last_reported"] for r in pruned], "x", color="0.5")
+        if key in log_keys:
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel("validation balanced accuracy (%)")
+        ax.set_title(f"score against {key.split('.', 1)[-1]}")
+        ax.grid(alpha=0.3)
+    return save_figure(fig, path)

@@ -1,17 +1,22 @@
 """Batched tensor augmentation for small images, and a batch iterator over uint8 arrays.
 
 Random crop with zero padding, horizontal flip and normalisation run on a whole batch
-as one gather plus elementwise ops: no per-sample Python in the hot loop. Batches come
+as one gather plus elementwise ops: no per-sample Python in the hot loop. An optional
+policy (RandAugment, AutoAugment; :mod:`.policies`) and Cutout follow the flip, and
+:class:`BatchMix` mixes whole batches (mixup, CutMix) after normalisation. Batches come
 out in channels_last memory format (NHWC storage viewed as NCHW), which is also the
 layout the uint8 cache holds, so no transpose copy is made.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
 import torch
+
+from .policies import BatchPolicy
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -20,9 +25,19 @@ CIFAR_STD = (0.2023, 0.1994, 0.2010)
 class BatchAugment:
     """``uint8 (N, H, W, 3)`` -> normalised ``float (N, 3, H, W)`` channels_last."""
 
-    def __init__(self, pad: int = 4, flip: bool = True, mean=CIFAR_MEAN, std=CIFAR_STD) -> None:
+    def __init__(
+        self,
+        pad: int = 4,
+        flip: bool = True,
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
+        policy: BatchPolicy | None = None,
+        cutout: int = 0,
+    ) -> None:
         self.pad = pad
         self.flip = flip
+        self.policy = policy
+        self.cutout = cutout
         self.mean = torch.tensor(mean, dtype=torch.float32) * 255.0
         self.inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32) * 255.0)
 
@@ -49,7 +64,66 @@ class BatchAugment:
         cols = ox + cols
         batch_idx = torch.arange(n)[:, None, None]
         out = padded[batch_idx, rows[:, :, None], cols[:, None, :]]
-        return self.normalize(out)
+        if self.policy is not None:
+            out = self.policy(out.float(), generator)
+        x = self.normalize(out)
+        if self.cutout:
+            x = x * cutout_mask(n, h, w, self.cutout, generator)
+        return x
+
+
+def cutout_mask(n: int, h: int, w: int, size: int, generator: torch.Generator | None) -> torch.Tensor:
+    """``(n, 1, h, w)`` ones with one ``size`` square of zeros per image, its centre uniform over
+    the image (so the square may be clipped by the border), as Cutout draws it."""
+    cy = torch.randint(0, h, (n, 1, 1), generator=generator)
+    cx = torch.randint(0, w, (n, 1, 1), generator=generator)
+    ys = torch.arange(h).view(1, h, 1)
+    xs = torch.arange(w).view(1, 1, w)
+    inside = (
+        (ys >= cy - size // 2) & (ys < cy - size // 2 + size) & (xs >= cx - size // 2) & (xs < cx - size // 2 + size)
+    )
+    return (~inside).float()[:, None]
+
+
+class BatchMix:
+    """mixup (Zhang et al., ICLR 2018) and CutMix (Yun et al., ICCV 2019) over a whole batch.
+
+    Each mixed batch draws ``lam ~ Beta(alpha, alpha)`` and a permutation; the loss is
+    ``lam * CE(y) + (1 - lam) * CE(y[perm])``. With both on, a mixed batch picks one at
+    random; ``prob`` is the fraction of batches mixed. CutMix's ``lam`` is the uncut area.
+    """
+
+    def __init__(self, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, prob: float = 1.0) -> None:
+        self.mixup_alpha = mixup_alpha
+        self.cutmix_alpha = cutmix_alpha
+        self.prob = prob
+
+    @property
+    def enabled(self) -> bool:
+        return (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.prob > 0
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """``(mixed x, partner labels, lam)``; ``lam == 1`` means the batch is unmixed."""
+        if not self.enabled or rng.random() >= self.prob:
+            return x, y, 1.0
+        kinds = [k for k, a in (("mixup", self.mixup_alpha), ("cutmix", self.cutmix_alpha)) if a > 0]
+        kind = kinds[int(rng.integers(len(kinds)))]
+        alpha = self.mixup_alpha if kind == "mixup" else self.cutmix_alpha
+        lam = float(rng.beta(alpha, alpha))
+        perm = torch.from_numpy(rng.permutation(len(y))).to(x.device)
+        if kind == "mixup":
+            return x.mul(lam).add_(x[perm], alpha=1.0 - lam), y[perm], lam
+        h, w = x.shape[-2:]
+        ratio = math.sqrt(1.0 - lam)
+        ch, cw = int(h * ratio), int(w * ratio)
+        cy, cx = int(rng.integers(h)), int(rng.integers(w))
+        y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+        x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+        mixed = x.clone()
+        mixed[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
+        return mixed, y[perm], 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
 
 
 def iterate_batches(

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +23,10 @@ from torch import nn
 from tqdm import tqdm
 
 from ..analysis.metrics import accuracy_report
-from ..config import RunConfig, dump_yaml, to_dict
+from ..config import RunConfig, config_differences, dump_yaml, same_config, to_dict
 from ..data import LongTailedDataset, Split, build_dataset
-from ..data.augment import BatchAugment, iterate_batches
+from ..data.augment import BatchAugment, BatchMix, iterate_batches
+from ..data.policies import BatchPolicy
 from ..data.transforms import ImagePathDataset
 from ..env_info import environment
 from ..errors import LortError
@@ -66,6 +67,20 @@ def _shard(n: int, epoch_gen: torch.Generator, info: DistInfo, batch_size: int) 
     return order
 
 
+def batch_augment(s1) -> BatchAugment:
+    """The training augmentation of ``stage1``: crop + flip, then its policy and Cutout."""
+    policy = None if s1.augment == "standard" else BatchPolicy(s1.augment, s1.randaugment_ops, s1.randaugment_magnitude)
+    return BatchAugment(policy=policy, cutout=s1.cutout)
+
+
+def mixed_loss(logits: torch.Tensor, y: torch.Tensor, partner: torch.Tensor, lam: float, smoothing: float):
+    """Cross-entropy of a (possibly mixed) batch: ``lam * CE(y) + (1 - lam) * CE(partner)``."""
+    loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+    if lam < 1.0:
+        loss = lam * loss + (1.0 - lam) * F.cross_entropy(logits, partner, label_smoothing=smoothing)
+    return loss
+
+
 def train_batches(
     split: Split, epoch: int, cfg: RunConfig, info: DistInfo, input_size: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -78,7 +93,7 @@ def train_batches(
             s1.batch_size,
             shuffle=False,
             generator=seeded(s1.seed, epoch, info.rank, 1),
-            augment=BatchAugment(),
+            augment=batch_augment(s1),
             indices=shard,
         )
         return
@@ -149,17 +164,20 @@ def train_one_epoch(
         leave=False,
     )
     memory_format = torch.channels_last if s1.channels_last else torch.contiguous_format
+    mix = BatchMix(s1.mixup_alpha, s1.cutmix_alpha, s1.mix_prob)
+    mix_rng = np.random.default_rng(seeded(s1.seed, epoch, info.rank, 2).initial_seed())
     for step, (x, y) in enumerate(batches):
         if step >= steps:
             break
         x = x.to(info.device, memory_format=memory_format, non_blocking=True)
         y = y.to(info.device, non_blocking=True)
+        x, partner, lam = mix(x, y, mix_rng)
         with autocast(precision, info.device):
             # A compiled model sees full batches only: an epoch's shorter last batch runs eagerly
             # (the same weights), instead of compiling a second graph for its shape.
             fn = model if len(y) == s1.batch_size or eager is None else eager
             logits = fn(x)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = mixed_loss(logits.float(), y, partner, lam, s1.label_smoothing)
         if not torch.isfinite(loss):
             raise LortError(
                 f"stage 1 loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
@@ -194,24 +212,18 @@ def _check_out_dir(out: Path, cfg: RunConfig, resume: bool) -> dict | None:
     """The checkpoint to resume from, or None for a fresh run; errors on a foreign run."""
     last = Stage1Run(out).last
     if not last.exists():
-        if (Stage1Run(out).config).exists() and not resume:
-            saved = (Stage1Run(out).config).read_text()
-            if saved != dump_yaml(cfg):
-                raise LortError(f"{out} already holds a different run; choose another --out")
+        config = Stage1Run(out).config
+        if config.exists() and not resume and not same_config(config, cfg):
+            raise LortError(f"{out} already holds a different run; choose another --out")
         return None
     if not resume:
         raise LortError(f"{out} already holds a run (last.pt); pass --resume to continue it or choose another --out")
     ckpt = read_checkpoint(last)
-    saved, now = ckpt.get("config", {}), to_dict(cfg)
-    for section in ("data", "stage1"):
-        for key, value in now[section].items():
-            if key in ("workers", "compile"):  # speed settings: the same training either way
-                continue
-            if saved.get(section, {}).get(key) != value:
-                raise LortError(
-                    f"{last}: was trained with {section}.{key}={saved.get(section, {}).get(key)!r}, "
-                    f"not {value!r}; resume with the same config or choose another --out"
-                )
+    # speed settings (workers, compile) train the same either way
+    for key, was, now in config_differences(ckpt.get("config", {}), cfg, ("data", "stage1"), ("workers", "compile")):
+        raise LortError(
+            f"{last}: was trained with {key}={was!r}, not {now!r}; resume with the same config or choose another --out"
+        )
     return ckpt
 
 
@@ -227,16 +239,32 @@ def train(
     out_dir: str | Path,
     resume: bool = False,
     dataset: LongTailedDataset | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    evaluate_test: bool = True,
 ) -> dict:
-    """Train stage 1 into ``out_dir``; returns the summary (also written to summary.json)."""
+    """Train stage 1 into ``out_dir``; returns the summary (also written to summary.json).
+
+    ``on_epoch`` is called on the main process with each epoch's record (its validation
+    scores included) after the epoch's checkpoint is written; an exception it raises stops
+    the training there (``lort tune``'s pruner does so). ``evaluate_test=False`` leaves the
+    test split untouched (the summary's ``test`` is None), as a search's trials must.
+    """
     info = setup_distributed()
     try:
-        return _train(cfg, Path(out_dir), resume, dataset, info)
+        return _train(cfg, Path(out_dir), resume, dataset, info, on_epoch, evaluate_test)
     finally:
         cleanup(info)
 
 
-def _train(cfg: RunConfig, out: Path, resume: bool, dataset: LongTailedDataset | None, info: DistInfo) -> dict:
+def _train(
+    cfg: RunConfig,
+    out: Path,
+    resume: bool,
+    dataset: LongTailedDataset | None,
+    info: DistInfo,
+    on_epoch: Callable[[dict], None] | None = None,
+    evaluate_test: bool = True,
+) -> dict:
     s1 = cfg.stage1
     if (Stage1Run(out).summary).exists() and resume:
         return json.loads((Stage1Run(out).summary).read_text())
@@ -351,8 +379,10 @@ def _train(cfg: RunConfig, out: Path, resume: bool, dataset: LongTailedDataset |
                 )
                 + f"  {record['images_per_s']:.0f} img/s"
             )
+            if on_epoch is not None:
+                on_epoch(record)
         barrier(info)
-    summary = _finish(raw_model, ds, cfg, out, info, best, input_size)
+    summary = _finish(raw_model, ds, cfg, out, info, best, input_size, evaluate_test)
     return summary
 
 
@@ -378,6 +408,7 @@ def _finish(
     info: DistInfo,
     best: dict,
     input_size: int,
+    evaluate_test: bool = True,
 ):
     checksums = _replica_checksum(model, info)
     if not info.is_main:
@@ -387,8 +418,10 @@ def _finish(
     load_model_state(model, ckpt["model"], str(out / selected))
     model.eval()
     s1 = cfg.stage1
-    logits = predict(model, ds.test, s1.eval_batch_size, info.device, input_size, 0, s1.channels_last)
-    test = accuracy_report(logits, ds.test.labels, ds.train_counts)
+    test = None
+    if evaluate_test:
+        logits = predict(model, ds.test, s1.eval_batch_size, info.device, input_size, 0, s1.channels_last)
+        test = accuracy_report(logits, ds.test.labels, ds.train_counts)
     summary = {
         "model": s1.model,
         "epochs": s1.epochs,

@@ -37,6 +37,8 @@ from .plan import Job, plan_job
 from .schedule import Schedule
 from .selection import best_index, head_validation_scores
 
+PREFERRED = "lort"  # the method the one-standard-error rule keeps when the folds cannot tell it from the best
+
 
 @dataclass
 class Folds:
@@ -174,6 +176,27 @@ def refit(method: Method, fs: FeatureSet, schedule: Schedule, setting: dict, epo
     return method.posthoc(head.select(index), ctx, setting), ctx
 
 
-def choose_method(results: list[CVResult]) -> int:
-    """Index of the method whose chosen setting has the best fold-mean row (the earlier on ties)."""
-    return best_index(np.stack([r.best_row for r in results]))
+def paired_gap(a: CVResult, b: CVResult) -> tuple[float, float]:
+    """``a``'s chosen balanced accuracy minus ``b``'s, fold by fold (the same folds): the
+    mean difference and its standard error (the folds' spread over sqrt of their number)."""
+    d = a.fold_accuracies - b.fold_accuracies
+    d = d[np.isfinite(d)]
+    if len(d) < 2:
+        return float(d.mean()) if len(d) else 0.0, float("inf")
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+
+
+def choose_method(results: list[CVResult], prefer: str | None = None) -> int:
+    """Index of the method whose chosen setting has the best fold-mean row (the earlier on
+    ties). With ``prefer`` (a method among ``results``): the one-standard-error rule of
+    cross-validation (Hastie, Tibshirani and Friedman, *Elements of Statistical Learning*,
+    7.10): the preferred method is kept unless the best one beats it by more than one
+    standard error of their paired fold difference, so a gap the folds cannot tell from
+    noise never overturns it."""
+    best = best_index(np.stack([r.best_row for r in results]))
+    names = [r.method for r in results]
+    if prefer is None or prefer not in names or names[best] == prefer:
+        return best
+    keep = names.index(prefer)
+    gap, se = paired_gap(results[best], results[keep])
+    return best if gap > se else keep
