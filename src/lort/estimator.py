@@ -455,7 +455,12 @@ class RetrainingClassifierCV(_RetrainerBase):
     ``params``: ``{method: {hyperparameter: value or list}}`` (or, for one method, its own
     ``{hyperparameter: ...}``); what is not given is searched over the same budget as
     ``lort compare`` (``fits_per_method`` settings, ``lr`` spread over the given range).
-    ``nested=True`` also estimates the selected model's accuracy without the optimism of
+    ``prefer`` (default ``"lort"``; ``None`` for the plain arg-max, as ``GridSearchCV``
+    chooses): among methods chosen by the folds, the preferred one is kept unless the
+    fold-best beats it by more than one standard error of their paired fold difference
+    (the one-standard-error rule; :func:`lort.stage2.crossval.choose_method`);
+    ``selection_`` states the gap and the error when the two differ. Not applied when
+    ``X_val`` chooses. ``nested=True`` also estimates the selected model's accuracy without the optimism of
     the selection: an outer ``cv``-fold loop repeats the whole selection on each outer
     training part and scores it on the held-out part (``nested_score_``; ``cv`` times the
     cost). Classes with fewer samples than folds stay in training and are scored in the

@@ -8,7 +8,11 @@ is trained on the fold's training part and scored after every epoch on its held-
 choose, by :mod:`lort.stage2.selection`, each setting's epoch and then the setting; the
 winner is refitted on all the training data and kept at the chosen epoch of the same
 schedule. Among methods (``method="auto"``), the method whose chosen setting has the best
-fold-mean row wins, ties to the earlier in the order given.
+fold-mean row wins, ties to the earlier in the order given; with a preferred method
+(:data:`PREFERRED`, LORT, the estimators' default), the one-standard-error rule of
+cross-validation keeps it unless the best beats it by more than one standard error of
+their paired fold difference (:func:`choose_method`): a lead the folds cannot tell from
+noise does not overturn the method that needs no class counts and no search.
 
 Classes with fewer samples than folds are handled explicitly: a class with at least two
 samples has each of them held out in one fold (so it is scored in as many folds as it
