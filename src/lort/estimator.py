@@ -29,7 +29,14 @@ from .analysis.metrics import per_class_accuracy
 from .data.features import FeatureSet
 from .errors import LortError
 from .stage2.compare import fit_method
-from .stage2.crossval import PREFERRED, choose_method, cross_validate, paired_gap, refit, stratified_folds
+from .stage2.crossval import (
+    PREFERRED,
+    choose_method,
+    cross_validate,
+    one_standard_error,
+    refit,
+    stratified_folds,
+)
 from .stage2.heads import logits_of
 from .stage2.losses import DEFAULT_SMOOTH
 from .stage2.methods import METHODS, Method, get_method
@@ -551,17 +558,11 @@ class RetrainingClassifierCV(_RetrainerBase):
         prefer = getattr(self, "prefer", None)  # the one-method LogitsRetargetingClassifierCV has none
         if prefer is not None and not isinstance(prefer, str):
             raise InputError(f"prefer must be a method name or None, got {prefer!r}")
-        win, best = choose_method(runs, prefer), choose_method(runs)
+        names = [r.method for r in runs]
+        win, why = one_standard_error(names, choose_method(runs), [r.fold_accuracies for r in runs], prefer)
         results = _cv_table(runs, self.cv)
         r = runs[win]
-        how = folds.describe()
-        if prefer in results["method"] and runs[best].method != prefer:
-            gap, se = paired_gap(runs[best], runs[results["method"].index(prefer)])
-            judged = "more" if win == best else "no more"
-            how += (
-                f"; {runs[best].method} leads {prefer} by {100 * gap:.2f} points, {judged} than one standard error "
-                f"({100 * se:.2f}) of the paired fold difference: {runs[win].method} chosen (prefer={prefer!r})"
-            )
+        how = folds.describe() + (f"; {why}" if why else "")
         return candidates[win][0], r.settings[r.best], r.epoch, results, how
 
     def _select_on_validation(self, candidates, fs, schedule, lrs):

@@ -94,6 +94,7 @@ class Verdicts:
     left_out: list[str] = field(default_factory=list)
     reference_share: float = 1.0  # fraction of resamples in which validation picks the reference again
     selection: str = "validation"  # what chose: "validation" or "cross-validation" (the reference then fixed)
+    reference_rule: str = ""  # how the reference was chosen among close methods, where a rule decided it
 
     def describe(self) -> str:
         """What the intervals carry and what they leave out, in one sentence."""

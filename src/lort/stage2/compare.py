@@ -20,6 +20,7 @@ from ..analysis.uncertainty import RESAMPLES, Difference, Records, Verdicts, com
 from ..data.features import FeatureSet
 from ..errors import LortError
 from .context import context, stage2_device
+from .crossval import PREFERRED, cross_validate, one_standard_error, refit, stratified_folds
 from .engine import train_jobs
 from .heads import Head, head_device, logit_blocks, logits_of
 from .methods import METHODS, FitContext, Method
@@ -375,15 +376,17 @@ def compare_by_cv(
     fits_per_method: int | None = DEFAULT_FITS_PER_METHOD,
     seeds: int = 1,
     resamples: int = RESAMPLES,
+    prefer: str | None = PREFERRED,
 ) -> list[MethodResult]:
     """:func:`compare` for features without a validation split (any given one is not
     used): every method's setting and epoch chosen by stratified ``cv``-fold
     cross-validation on the training split (:mod:`lort.stage2.crossval`), the choice
     refitted on all of it, then the test split evaluated once. The reference is the method
-    with the best fold-mean score (mean over seeds); the intervals resample the seeds and
+    with the best fold-mean score (mean over seeds), or ``prefer`` where it is within one
+    standard error of the paired fold difference (the rule of
+    :class:`~lort.estimator.RetrainingClassifierCV`, so both name the same method); the intervals resample the seeds and
     the test images with the choices held as made (re-making k-fold choices per resample
     would cost ``resamples`` times the folds), and the verdict says so."""
-    from .crossval import cross_validate, refit, stratified_folds
 
     check_comparison(fits_per_method, seeds)
     schedule = schedule or Schedule()
@@ -391,6 +394,7 @@ def compare_by_cv(
     bare = FeatureSet({k: v for k, v in fs.splits.items() if k != "val"}, fs.classes, fs.init_weight, fs.init_bias)
     folds = stratified_folds(bare.splits["train"][1], cv, schedule.seed)
     runs: list[list[MethodResult]] = []
+    fold_accs: dict[str, list[np.ndarray]] = {}  # per method, per seed: the choice's balanced accuracy per fold
     for i in range(seeds):
         sched = dataclasses.replace(schedule, seed=schedule.seed + i)
         found = []
@@ -398,6 +402,7 @@ def compare_by_cv(
             t0 = time.perf_counter()
             cvr = cross_validate(m, bare, sched, lrs if m.trains else None, fixed.get(m.name), folds, fits_per_method)
             setting = dict(cvr.settings[cvr.best])
+            fold_accs.setdefault(m.name, []).append(cvr.fold_accuracies)
             head, _ = refit(m, bare, sched, setting, cvr.epoch)
             r = MethodResult(
                 method=m.name,
@@ -418,7 +423,11 @@ def compare_by_cv(
         runs.append(found)
     results = _merge_seeds(runs, schedule.seed)
     rows = [[np.mean([s["val_balanced_acc"] for s in r.seeds]), 0.0] for r in results]
-    reference = results[best_index(rows)].method
+    names = [r.method for r in results]
+    ref, why = one_standard_error(
+        names, best_index(rows), [np.mean(fold_accs[n], axis=0) for n in names], prefer
+    )  # the folds are the same for every seed: their seed-mean accuracies are paired
+    reference = names[ref]
     none = np.zeros((seeds, 1, 0))
     records = {r.method: Records(none, none, r.correct[:, None, :], np.zeros(seeds, dtype=np.int64)) for r in results}
     verdicts = compare_to_reference(
@@ -426,6 +435,6 @@ def compare_by_cv(
     )
     for r in results:
         r.difference, r.verdicts = verdicts.differences[r.method], verdicts
-    verdicts.selection = folds.describe()
+    verdicts.selection, verdicts.reference_rule = folds.describe(), why
     mark_duplicates(results, methods)
     return results

@@ -180,27 +180,42 @@ def refit(method: Method, fs: FeatureSet, schedule: Schedule, setting: dict, epo
     return method.posthoc(head.select(index), ctx, setting), ctx
 
 
-def paired_gap(a: CVResult, b: CVResult) -> tuple[float, float]:
-    """``a``'s chosen balanced accuracy minus ``b``'s, fold by fold (the same folds): the
-    mean difference and its standard error (the folds' spread over sqrt of their number)."""
-    d = a.fold_accuracies - b.fold_accuracies
+def paired_gap(a: CVResult | np.ndarray, b: CVResult | np.ndarray) -> tuple[float, float]:
+    """``a``'s chosen balanced accuracy minus ``b``'s, fold by fold (the same folds; a
+    :class:`CVResult` or its fold accuracies): the mean difference and its standard error
+    (the folds' spread over sqrt of their number)."""
+    fa = a.fold_accuracies if isinstance(a, CVResult) else np.asarray(a, dtype=float)
+    fb = b.fold_accuracies if isinstance(b, CVResult) else np.asarray(b, dtype=float)
+    d = fa - fb
     d = d[np.isfinite(d)]
     if len(d) < 2:
         return float(d.mean()) if len(d) else 0.0, float("inf")
     return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
 
 
+def one_standard_error(names: list[str], best: int, fold_accuracies, prefer: str | None) -> tuple[int, str]:
+    """The one-standard-error rule of cross-validation (Hastie, Tibshirani and Friedman,
+    *Elements of Statistical Learning*, 7.10) among methods: ``prefer`` is kept unless the
+    fold-best (index ``best``) beats it by more than one standard error of their paired
+    fold difference. ``fold_accuracies[i]``: method ``i``'s balanced accuracy per fold.
+    Returns the chosen index and a sentence saying why ('' where the rule had nothing to
+    decide: no preference, the preferred method absent or already the best)."""
+    if prefer is None or prefer not in names or names[best] == prefer:
+        return best, ""
+    keep = names.index(prefer)
+    gap, se = paired_gap(fold_accuracies[best], fold_accuracies[keep])
+    win = best if gap > se else keep
+    judged = "more" if win == best else "no more"
+    return win, (
+        f"{names[best]} leads {prefer} by {100 * gap:.2f} points, {judged} than one standard error "
+        f"({100 * se:.2f}) of the paired fold difference: {names[win]} chosen (prefer={prefer!r})"
+    )
+
+
 def choose_method(results: list[CVResult], prefer: str | None = None) -> int:
     """Index of the method whose chosen setting has the best fold-mean row (the earlier on
-    ties). With ``prefer`` (a method among ``results``): the one-standard-error rule of
-    cross-validation (Hastie, Tibshirani and Friedman, *Elements of Statistical Learning*,
-    7.10): the preferred method is kept unless the best one beats it by more than one
-    standard error of their paired fold difference, so a gap the folds cannot tell from
-    noise never overturns it."""
+    ties); with ``prefer``, :func:`one_standard_error` decides between it and that best, so
+    a gap the folds cannot tell from noise never overturns the preferred method."""
     best = best_index(np.stack([r.best_row for r in results]))
     names = [r.method for r in results]
-    if prefer is None or prefer not in names or names[best] == prefer:
-        return best
-    keep = names.index(prefer)
-    gap, se = paired_gap(results[best], results[keep])
-    return best if gap > se else keep
+    return one_standard_error(names, best, [r.fold_accuracies for r in results], prefer)[0]

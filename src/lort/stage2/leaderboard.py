@@ -87,6 +87,7 @@ def verdict(results: list[MethodResult], ours: str = "lort") -> str:
         )
         + (f", mean over {v.seeds} seeds" if v.seeds > 1 else ", one seed")
         + (f"; picked again in {100 * v.reference_share:.0f}% of the resamples). " if on_val else "). ")
+        + (f"{v.reference_rule[0].upper()}{v.reference_rule[1:]}. " if v.reference_rule else "")
         + f"Indistinguishable from it on test: {names('indistinguishable')}. Below it: {names('below the reference')}. "
         f"Above it: {names('above the reference')}. ({len(results)} rows, {len(counted)} distinct methods; "
         "duplicates and variants are listed in the table but not counted here.)"
@@ -118,6 +119,7 @@ def statistics(results: list[MethodResult]) -> dict | None:
         "not_varied": v.left_out,
         "reference_picked_again": round(v.reference_share, 4),
         "selection": v.selection,
+        "reference_rule": v.reference_rule,
     }
 
 
