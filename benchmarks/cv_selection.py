@@ -174,12 +174,14 @@ def main() -> None:
     from lort.runtime.precision import cpu_capability
 
     cpu = cpu_capability().describe()
-    records = {Path(p).stem: run_set(Path(p), args.folds, args.seeds) for p in args.features}
     command = "python benchmarks/cv_selection.py " + " ".join(sys.argv[1:])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out.with_suffix(".json"), {"command": command, "cpu": cpu, "records": records})
-    write_text(out.with_suffix(".md"), markdown(records, command, cpu))
+    records = {}
+    for p in args.features:  # the files are rewritten after every set: a long run shows its sets as they finish
+        records[Path(p).stem] = run_set(Path(p), args.folds, args.seeds)
+        write_json(out.with_suffix(".json"), {"command": command, "cpu": cpu, "records": records})
+        write_text(out.with_suffix(".md"), markdown(records, command, cpu))
     print(out.with_suffix(".md").read_text())
 
 

@@ -211,8 +211,41 @@ def test_cross_validation_on_a_lort_backbones_own_training_images_is_flagged(tmp
     out = tmp_path / "sel"
     assert main(["retrain", "--features", str(path), "--method", "ce,lort", "--cv", "2", "--epochs", "2",
                  "--out", str(out)]) == 0  # fmt: skip
-    assert "warning: the features come from a lort stage-1 checkpoint (runs/s1/best.pt)" in capsys.readouterr().err
-    assert "optimistic" in json.loads((out / "selection.json").read_text())["caveat"]
+    err = capsys.readouterr().err
+    assert "warning: the features come from a lort stage-1 checkpoint (runs/s1/best.pt)" in err
+    assert "LORT is kept at its defaults" in err
+    sel = json.loads((out / "selection.json").read_text())
+    assert "optimistic" in sel["caveat"] and sel["backbone_trained_on_train"] is True
+    assert sel["chosen_method"] == "lort" and sel["selection_score"] is None
+    assert {r["method"] for r in sel["ranking"]} == {"ce", "lort"}  # the folds' ranking is still reported
+    # asked to, the folds choose on such features too (and the warning stays)
+    out2 = tmp_path / "sel2"
+    assert main(["retrain", "--features", str(path), "--method", "ce,lort", "--cv", "2", "--epochs", "2",
+                 "--backbone-trained-on-train", "no", "--out", str(out2)]) == 0  # fmt: skip
+    sel2 = json.loads((out2 / "selection.json").read_text())
+    assert sel2["backbone_trained_on_train"] is False and sel2["selection_score"] is not None
+    assert "optimistic" in capsys.readouterr().err
+
+
+def test_on_a_backbones_own_training_images_the_cv_estimator_keeps_lorts_defaults(toy):
+    """backbone_trained_on_X=True: the folds run and are reported, the classifier kept is the
+    preferred method at its defaults, exactly the plain estimator's fit."""
+    x, y = toy.splits["train"]
+    est = RetrainingClassifierCV(method=["ce", "lort", "crt"], cv=2, epochs=3, fits_per_method=2,
+                                 backbone_trained_on_X=True).fit(x, y)  # fmt: skip
+    assert est.cv_results_["method"] == ["ce", "lort", "crt"] and np.isfinite(est.cv_results_["mean_test_score"]).all()
+    assert est.best_method_ == "lort" and np.isnan(est.best_score_) and "kept at its defaults" in est.selection_
+    plain = LogitsRetargetingClassifier(epochs=3).fit(x, y)
+    np.testing.assert_allclose(est.coef_, plain.coef_, rtol=1e-6, atol=1e-6)
+    assert est.best_params_ == plain.best_params_
+    one = LogitsRetargetingClassifierCV(smooth=[0.5, 0.9], cv=2, epochs=3, backbone_trained_on_X=True).fit(x, y)
+    np.testing.assert_allclose(one.coef_, plain.coef_, rtol=1e-6, atol=1e-6)  # LORT's default smoothing, not 0.5/0.9
+    free = RetrainingClassifierCV(method=["ce", "crt"], cv=2, epochs=3, fits_per_method=2,
+                                  backbone_trained_on_X=True).fit(x, y)  # fmt: skip
+    assert "no preferred method among the candidates: the folds chose" in free.selection_
+    assert free.best_score_ == pytest.approx(free.cv_results_["mean_test_score"].max())
+    with pytest.raises(ValueError, match="backbone_trained_on_X must be True or False"):
+        RetrainingClassifierCV(method=["ce", "lort"], cv=2, epochs=1, backbone_trained_on_X="yes").fit(x, y)
 
 
 def _cv_result(name: str, fold_accs) -> CVResult:
@@ -253,3 +286,30 @@ def test_the_estimator_applies_the_one_standard_error_rule_to_its_fold_table():
         assert est.best_method_ == expected
     with pytest.raises(LortError, match="prefer"):
         RetrainingClassifierCV(method=["ce", "lort"], cv=3, epochs=1, fits_per_method=1, prefer=3).fit(X, y)
+
+
+def test_the_unseen_images_suite_draws_its_sets_from_images_the_backbone_never_used():
+    """benchmarks/unseen_images_suite.py: the new long-tailed sets hold only images outside the
+    backbone's train and validation splits, follow the profile, and drop a class too scarce."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    from lort.data.profiles import class_counts
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        suite = importlib.import_module("unseen_images_suite")
+    finally:
+        sys.path.pop(0)
+    labels = np.repeat(np.arange(4), 500)
+    used = np.concatenate([np.flatnonzero(labels == 0)[:495], np.flatnonzero(labels == 1)[:300]])  # class 0: 5 left
+    unseen = np.setdiff1d(np.arange(len(labels)), used)
+    kept, tr, trl, va, val = suite.plan_set(labels, unseen, "unseen-first", 10.0, 10, 300, seed=0)
+    assert 0 not in kept and kept[-1] == 1  # the scarce class is dropped, the most used one is the tail
+    assert not set(tr) & set(used) and not set(va) & set(used) and not set(tr) & set(va)
+    assert np.bincount(trl).tolist() == class_counts("exp", 300, 3, 10.0)
+    assert np.bincount(val).tolist() == [10, 10, 10]
+    assert [int(labels[i]) for i in tr[trl == 0][:1]] == [kept[0]]
+    forward = suite.plan_set(labels, unseen, "backbone-first", 10.0, 10, 4000, seed=0)
+    assert forward[0] == [1, 2, 3] and np.bincount(forward[2])[0] == 190  # class 1's 200 unseen, 10 for validation

@@ -55,6 +55,34 @@ def test_pipeline_end_to_end_and_rerun_skips_done_steps(tmp_path, capsys):
     assert json.loads((out / "commands.json").read_text()) == ["lort run test"] * 3
 
 
+def test_stage1_test_report_from_the_features_matches_a_direct_evaluation(tmp_path, monkeypatch):
+    """Where the extraction is the fp32 forward pass, `lort run` scores stage 1 on the test
+    split from the extracted features (one pass of the test split, not two); the report is
+    the one a direct evaluation of the checkpoint gives."""
+    import lort.pipeline as pipeline
+    from lort.analysis.metrics import accuracy_report
+    from lort.data import build_dataset
+    from lort.data.features import load_features
+    from lort.runtime.checkpoint import load_model
+    from lort.stage1.train import predict
+
+    make_cifar_archive(tmp_path, "cifar10", 50, 5)
+    cfg = _cfg(tmp_path, **{"stage2.methods": ["ce"], "stage2.sweep": False})
+    monkeypatch.setattr(pipeline, "_test_from_features", lambda cfg: True)  # as on a CPU without native bf16
+    run_pipeline(cfg, tmp_path / "run", "lort run test")
+    summary = json.loads((tmp_path / "run" / "stage1" / "summary.json").read_text())
+    assert "extracted test features" in summary["test_from"]
+    model, _ = load_model(tmp_path / "run" / "stage1" / summary["selected_checkpoint"])
+    ds = build_dataset(cfg.data)
+    logits = predict(model.eval(), ds.test, 64, pipeline.default_device(), 32, channels_last=True)
+    fs = load_features(tmp_path / "run" / "features.npz")
+    x, y = fs.splits["test"]
+    from_features = x @ fs.init_weight.T + fs.init_bias
+    np.testing.assert_allclose(from_features, logits, rtol=1e-4, atol=1e-4)  # the same numbers, up to kernel rounding
+    assert np.array_equal(y, ds.test.labels)
+    assert summary["test"] == accuracy_report(from_features, y, ds.train_counts)
+
+
 def test_pipeline_refuses_a_folder_holding_a_different_run(tmp_path, capsys):
     make_cifar_archive(tmp_path, "cifar10", 50, 2)
     out = tmp_path / "run"

@@ -326,7 +326,9 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         src = load_feature_source(
             args.features, args.checkpoint, args.root, args.views, args.mode, args.bn_mode, args.seed
         )
-        table = run_selected_retrain(src.features, names, args.out, schedule, lrs, args.cv, src.name)
+        table = run_selected_retrain(
+            src.features, names, args.out, schedule, lrs, args.cv, src.name, args.backbone_trained_on_train
+        )
         print(table)
         print(f"written to {args.out}")
         return 0
@@ -602,6 +604,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="choose by stratified K-fold cross-validation on the training split (no validation split needed; "
         "the validation split, if any, is then not used)",
+    )
+    rt.add_argument(
+        "--backbone-trained-on-train",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="with --cv: whether the backbone was trained on these training images (auto: yes for the features of a "
+        "lort checkpoint's own training split). yes: its folds are optimistic, so they are reported and LORT is "
+        "kept at its defaults (RetrainingClassifierCV's backbone_trained_on_X); no: the folds choose",
     )
     rt.add_argument("--smooth", type=float, help="LORT smoothing value s in [0, 1) (default: searched)")
     rt.add_argument(

@@ -474,11 +474,24 @@ class RetrainingClassifierCV(_RetrainerBase):
     folds that hold one of their samples out; a class with one sample is never scored
     (``cv_folds_`` says which).
 
+    ``backbone_trained_on_X=True`` says that the network whose features ``X`` holds was
+    trained on these very samples (decoupled training: stage 1 on this training set). Its
+    held-out folds are then images the backbone fitted, so their scores are optimistic and
+    favour the methods that keep the training distribution: on three CIFAR-10-LT
+    backbones' own training images the folds' choice lost to the default LORT on the
+    validation split on two of them, and the folds' tuning of LORT lost to its defaults on
+    all three (``results/crossval/``). With it and no ``X_val`` the folds still run and are
+    reported (``cv_results_``), but the classifier kept is ``prefer``'s at its defaults (no
+    search, the schedule's first learning rate, the last epoch), and ``selection_`` says so;
+    with ``prefer=None``, or a method list without ``prefer``, the folds choose as usual.
+
     Fitted attributes beyond the base estimator's: ``best_method_``, ``best_params_``
     (with ``epoch``), ``best_score_`` (the fold-mean balanced accuracy of the choice: biased
     upwards by the selection), ``cv_results_`` (one row per method, scikit-learn's layout:
     ``method``, ``params``, ``mean_test_score``, ``std_test_score``,
-    ``split<i>_test_score``, ``rank_test_score``), ``selection_`` (how the choice was made)."""
+    ``split<i>_test_score``, ``rank_test_score``), ``selection_`` (how the choice was made).
+    ``best_score_`` is NaN where ``backbone_trained_on_X`` kept the defaults (the folds
+    scored no such candidate on its own)."""
 
     def __init__(
         self,
@@ -490,6 +503,7 @@ class RetrainingClassifierCV(_RetrainerBase):
         fits_per_method: int | None = DEFAULT_FITS_PER_METHOD,
         nested: bool = False,
         prefer: str | None = PREFERRED,
+        backbone_trained_on_X: bool = False,
         epochs: int = Schedule.epochs,
         batch_size: int = Schedule.batch_size,
         momentum: float = Schedule.momentum,
@@ -534,23 +548,58 @@ class RetrainingClassifierCV(_RetrainerBase):
         candidates = self._candidates()
         schedule, lrs = self._schedule_lrs()
         if fs.has_split("val"):
-            choice = self._select_on_validation(candidates, fs, schedule, lrs)
+            method, setting, epoch, results, how = self._select_on_validation(candidates, fs, schedule, lrs)
+            head, _ = refit(method, fs, schedule, setting, epoch)
         else:
             self.cv_folds_ = stratified_folds(fs.splits["train"][1], self.cv, schedule.seed)
-            choice = self._select_by_folds(candidates, fs, schedule, lrs, self.cv_folds_)
-        method, setting, epoch, results, how = choice
-        head, _ = refit(method, fs, schedule, setting, epoch)
+            head, method, setting, epoch, results, how = self._choose_by_folds(
+                candidates, fs, schedule, lrs, self.cv_folds_
+            )
+        kept_defaults = not fs.has_split("val") and self._kept_on_seen_images(candidates) is not None
         self._store(head, classes, fs)
         self.best_method_ = method.name
         self.best_params_ = dict(setting) | {"epoch": epoch}
         self.cv_results_ = results
-        self.best_score_ = float(results["mean_test_score"][results["method"].index(method.name)])
+        self.best_score_ = (
+            float("nan")  # the folds did not score the defaults as one candidate
+            if kept_defaults
+            else float(results["mean_test_score"][results["method"].index(method.name)])
+        )
         self.selection_ = how
         if self.nested:
             if fs.has_split("val"):
                 raise InputError("nested=True estimates a cross-validated selection; it needs no X_val")
             self.nested_score_, self.nested_scores_ = self._nested(candidates, fs, schedule, lrs)
         return self
+
+    def _choose_by_folds(self, candidates, fs, schedule, lrs, folds):
+        """``(head refitted on all of fs, method, setting, epoch, cv_results_, how)``."""
+        method, setting, epoch, results, how = self._select_by_folds(candidates, fs, schedule, lrs, folds)
+        kept = self._kept_on_seen_images(candidates)
+        if kept is None:
+            if self.backbone_trained_on_X:
+                how += "; backbone_trained_on_X=True but no preferred method among the candidates: the folds chose"
+            head, _ = refit(method, fs, schedule, setting, epoch)
+            return head, method, setting, epoch, results, how
+        found = fit_method(kept, fs, schedule, None, {})  # the backbone fitted the folds' images: its defaults
+        setting = {k: v for k, v in found.hyperparameters.items() if k != "note"}
+        how += (
+            "; backbone_trained_on_X=True: the held-out folds are images the backbone was trained on, so their "
+            f"ranking is optimistic and is reported only; {kept.name} kept at its defaults"
+        )
+        return found.head, kept, setting, found.epoch, results, how
+
+    def _kept_on_seen_images(self, candidates) -> Method | None:
+        """The method kept at its defaults when ``backbone_trained_on_X`` (None: the folds choose)."""
+        if not isinstance(self.backbone_trained_on_X, bool | np.bool_):
+            raise InputError(f"backbone_trained_on_X must be True or False, got {self.backbone_trained_on_X!r}")
+        if not self.backbone_trained_on_X:
+            return None
+        methods = [m for m, _ in candidates]
+        if len(methods) == 1:
+            return methods[0]
+        prefer = getattr(self, "prefer", None)
+        return next((m for m in methods if m.name == prefer), None)
 
     def _select_by_folds(self, candidates, fs, schedule, lrs, folds):
         runs = [cross_validate(m, fs, schedule, lrs if m.trains else None, fixed, folds, self.fits_per_method)
@@ -597,8 +646,7 @@ class RetrainingClassifierCV(_RetrainerBase):
                 continue
             inner = FeatureSet({"train": (x[rows], y[rows])}, fs.classes, fs.init_weight, fs.init_bias)
             inner_folds = stratified_folds(y[rows], self.cv, schedule.seed)
-            method, setting, epoch, _, _ = self._select_by_folds(candidates, inner, schedule, lrs, inner_folds)
-            head, _ = refit(method, inner, schedule, setting, epoch)
+            head = self._choose_by_folds(candidates, inner, schedule, lrs, inner_folds)[0]
             pred = logits_of(head, x[held]).argmax(1)
             scores.append(float(np.nanmean(per_class_accuracy(pred, y[held], fs.num_classes))))
         return float(np.mean(scores)), scores
@@ -609,7 +657,8 @@ class LogitsRetargetingClassifierCV(RetrainingClassifierCV):
     cross-validation on the training data (no validation split needed); see
     :class:`RetrainingClassifierCV` for the procedure and the fitted attributes.
     ``smooth``: a value or a list (default: LORT's searched grid, spread over the same
-    budget as ``lort compare``)."""
+    budget as ``lort compare``). ``backbone_trained_on_X=True``: LORT at its defaults, the
+    folds reported only (see :class:`RetrainingClassifierCV`)."""
 
     def __init__(
         self,
@@ -620,6 +669,7 @@ class LogitsRetargetingClassifierCV(RetrainingClassifierCV):
         lr=DEFAULT_LRS,
         fits_per_method: int | None = DEFAULT_FITS_PER_METHOD,
         nested: bool = False,
+        backbone_trained_on_X: bool = False,
         epochs: int = Schedule.epochs,
         batch_size: int = Schedule.batch_size,
         momentum: float = Schedule.momentum,

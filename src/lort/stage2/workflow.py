@@ -228,7 +228,14 @@ def cv_caveat(fs: FeatureSet) -> str | None:
 
 
 def run_selected_retrain(
-    fs: FeatureSet, methods: list[str], out: str | Path, schedule: Schedule, lrs, cv: int | None, source: str = ""
+    fs: FeatureSet,
+    methods: list[str],
+    out: str | Path,
+    schedule: Schedule,
+    lrs,
+    cv: int | None,
+    source: str = "",
+    backbone_trained_on_train: str = "auto",
 ) -> str:
     """Choose among ``methods`` (``["auto"]``: every method) and their settings by
     ``cv``-fold cross-validation on the training split (or, without ``cv``, on the
@@ -241,7 +248,15 @@ def run_selected_retrain(
 
     if cv is None and not fs.has_split("val"):
         raise LortError(f"{source or 'the features'}: no validation split to choose on; pass --cv K")
+    if backbone_trained_on_train not in ("auto", "yes", "no"):
+        raise LortError(f"backbone_trained_on_train must be auto, yes or no, got {backbone_trained_on_train!r}")
     caveat = cv_caveat(fs) if cv is not None else None
+    seen = cv is not None and (backbone_trained_on_train == "yes" or (backbone_trained_on_train == "auto" and caveat))
+    if seen:
+        caveat = (caveat or "the backbone was trained on these training images (--backbone-trained-on-train yes)") + (
+            "; the folds are reported and LORT is kept at its defaults (--backbone-trained-on-train no lets "
+            "the folds choose)"
+        )
     if caveat:
         print(f"warning: {caveat}", file=sys.stderr)
     x, y = fs.splits["train"]
@@ -256,6 +271,7 @@ def run_selected_retrain(
         init_coef=fs.init_weight,
         init_intercept=fs.init_bias,
         random_state=schedule.seed,
+        backbone_trained_on_X=bool(seen),
     )
     val = {} if cv is not None else {"X_val": fs.splits["val"][0], "y_val": fs.splits["val"][1]}
     est.fit(x, y, **val)
@@ -278,10 +294,11 @@ def run_selected_retrain(
             "selection": est.selection_,
             "chosen_method": est.best_method_,
             "chosen": est.best_params_,
-            "selection_score": est.best_score_,
+            "selection_score": None if np.isnan(est.best_score_) else est.best_score_,
             "note": "the selection score of the chosen method is biased upwards by the choice; "
             "RetrainingClassifierCV(nested=True) estimates it without that optimism",
             "caveat": caveat,
+            "backbone_trained_on_train": bool(seen),
             "ranking": [dict(zip(("rank", "method", "score", "sd", "chosen"), r, strict=True)) for r in rows],
             "test": test,
             "schedule": dataclasses.asdict(schedule),
