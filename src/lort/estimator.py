@@ -550,19 +550,20 @@ class RetrainingClassifierCV(_RetrainerBase):
         if fs.has_split("val"):
             method, setting, epoch, results, how = self._select_on_validation(candidates, fs, schedule, lrs)
             head, _ = refit(method, fs, schedule, setting, epoch)
+            kept = None
         else:
             self.cv_folds_ = stratified_folds(fs.splits["train"][1], self.cv, schedule.seed)
+            kept = self._kept_on_seen_images(candidates)
             head, method, setting, epoch, results, how = self._choose_by_folds(
-                candidates, fs, schedule, lrs, self.cv_folds_
+                candidates, fs, schedule, lrs, self.cv_folds_, kept
             )
-        kept_defaults = not fs.has_split("val") and self._kept_on_seen_images(candidates) is not None
         self._store(head, classes, fs)
         self.best_method_ = method.name
         self.best_params_ = dict(setting) | {"epoch": epoch}
         self.cv_results_ = results
         self.best_score_ = (
             float("nan")  # the folds did not score the defaults as one candidate
-            if kept_defaults
+            if kept is not None
             else float(results["mean_test_score"][results["method"].index(method.name)])
         )
         self.selection_ = how
@@ -572,10 +573,10 @@ class RetrainingClassifierCV(_RetrainerBase):
             self.nested_score_, self.nested_scores_ = self._nested(candidates, fs, schedule, lrs)
         return self
 
-    def _choose_by_folds(self, candidates, fs, schedule, lrs, folds):
-        """``(head refitted on all of fs, method, setting, epoch, cv_results_, how)``."""
+    def _choose_by_folds(self, candidates, fs, schedule, lrs, folds, kept: Method | None):
+        """``(head refitted on all of fs, method, setting, epoch, cv_results_, how)``; ``kept``:
+        the method :meth:`_kept_on_seen_images` keeps at its defaults (None: the folds' choice)."""
         method, setting, epoch, results, how = self._select_by_folds(candidates, fs, schedule, lrs, folds)
-        kept = self._kept_on_seen_images(candidates)
         if kept is None:
             if self.backbone_trained_on_X:
                 how += "; backbone_trained_on_X=True but no preferred method among the candidates: the folds chose"
@@ -638,6 +639,7 @@ class RetrainingClassifierCV(_RetrainerBase):
 
     def _nested(self, candidates, fs, schedule, lrs):
         outer = stratified_folds(fs.splits["train"][1], self.cv, schedule.seed + 1)
+        kept = self._kept_on_seen_images(candidates)
         x, y = fs.splits["train"]
         scores = []
         for f in range(self.cv):
@@ -646,7 +648,7 @@ class RetrainingClassifierCV(_RetrainerBase):
                 continue
             inner = FeatureSet({"train": (x[rows], y[rows])}, fs.classes, fs.init_weight, fs.init_bias)
             inner_folds = stratified_folds(y[rows], self.cv, schedule.seed)
-            head = self._choose_by_folds(candidates, inner, schedule, lrs, inner_folds)[0]
+            head = self._choose_by_folds(candidates, inner, schedule, lrs, inner_folds, kept)[0]
             pred = logits_of(head, x[held]).argmax(1)
             scores.append(float(np.nanmean(per_class_accuracy(pred, y[held], fs.num_classes))))
         return float(np.mean(scores)), scores
