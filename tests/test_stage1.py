@@ -138,6 +138,35 @@ def test_resume_after_sigkill_gives_the_weights_of_an_uninterrupted_run(tmp_path
     assert [json.loads(ln)["epoch"] for ln in lines] == [1, 2, 3, 4, 5, 6]
 
 
+class _Stop(Exception):
+    pass
+
+
+def _stop_after_first_epoch(record):
+    if record["epoch"] == 1:
+        raise _Stop
+
+
+def test_a_resumed_run_keeps_the_environment_of_each_part(tmp_path, monkeypatch):
+    # a run continued on another machine changes its arithmetic from there on: both parts stay
+    # on record, the checkpoint carrying the earlier ones (a clone may hold no environment.json)
+    make_cifar_archive(tmp_path, "cifar10", 50, 2)
+    cfg = _small_config(tmp_path, **{"stage1.epochs": 3})
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    with pytest.raises(_Stop):
+        train(cfg, tmp_path / "run", on_epoch=_stop_after_first_epoch)
+    first = json.loads((tmp_path / "run" / "environment.json").read_text())
+    assert first["from_epoch"] == 1 and "parts" not in first
+    (tmp_path / "run" / "environment.json").unlink()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # a CPU described differently
+    train(cfg, tmp_path / "run", resume=True, evaluate_test=False)
+    env = json.loads((tmp_path / "run" / "environment.json").read_text())
+    assert [p["from_epoch"] for p in env["parts"]] == [1, 2]
+    assert env["parts"][0]["cpu"] == first["cpu"] and "ONEDNN_MAX_CPU_ISA" not in first["cpu"]
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in env["cpu"] and env["parts"][1] == {k: v for k, v in env.items() if k != "parts"}
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["environments"] == env["parts"]
+
+
 def test_short_runs_stay_eager_and_record_why(tmp_path):
     make_cifar_archive(tmp_path, "cifar10", 50, 2)
     train(_small_config(tmp_path, **{"stage1.epochs": 1}), tmp_path / "run")

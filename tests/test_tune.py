@@ -19,7 +19,7 @@ from lort.errors import LortError  # noqa: E402
 from lort.io import FAILPOINT_ENV  # noqa: E402
 from lort.stage1 import tune as tune_mod  # noqa: E402
 from lort.stage1.train import train  # noqa: E402
-from lort.stage1.tune import load_space, parse_space, proxy_config, tune  # noqa: E402
+from lort.stage1.tune import load_space, parse_space, proxy_config, score_resolution, tune  # noqa: E402
 
 from .conftest import make_cifar_archive  # noqa: E402
 
@@ -81,7 +81,20 @@ def test_a_study_is_stored_scored_on_validation_and_its_winner_runs_as_written(a
     assert (out / "trials.csv").read_text().count("\n") == 4
     assert (out / "figures" / "tune_history.png").stat().st_size > 1000
     assert "| trial | state |" in (out / "report.md").read_text()
+    # the report says how finely this validation split tells trials apart, and which it does not
+    res = summary["best"]["resolution"]
+    val_counts = json.loads((out / done[0].user_attrs["folder"] / "dataset.json").read_text())["val_counts"]
+    assert res["images"] == sum(val_counts) and res["min_per_class"] == min(val_counts)
+    close = [t.number for t in done if t.number != best.number and best.value - t.value < res["separation"]]
+    assert summary["best"]["not_separated_from"] == close
+    assert "not told apart" in (out / "report.md").read_text()
     assert main(["report", str(out)]) == 0
+    # a study written before the resolution was recorded gets it from its best trial's dataset.json
+    stored = json.loads((out / "tune.json").read_text())
+    del stored["best"]["resolution"], stored["best"]["not_separated_from"]
+    (out / "tune.json").write_text(json.dumps(stored))
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0 and "not told apart" in (out / "report.md").read_text()
 
     # resuming with a larger budget runs only the missing trials; the same budget runs none
     tune(_cfg(archive), out, trials=4, epochs=2, sampler="random", pruner="none", log=lambda m: None)
@@ -248,3 +261,16 @@ def test_workers_of_one_study_get_distinct_sampler_seeds():
     assert len({sampler_seed(0, n, pid) for n in range(20) for pid in range(1000, 1020)}) == 400
     assert sampler_seed(0, 5) == sampler_seed(0, 5)  # one process resuming: reproducible
     assert sampler_seed(0, 5) != sampler_seed(0, 6) != sampler_seed(1, 6)
+
+
+def test_score_resolution_is_the_binomial_scale_of_a_balanced_accuracy():
+    # 20 images a class, 10 classes, a score of 0.5: SE = sqrt(0.25 * 10 / 20) / 10 = 0.0354,
+    # the scale on which the study in results/cifar10_lt_ir100_tune could not rank its best trials
+    res = score_resolution(0.5, [20] * 10)
+    assert res["images"] == 200 and res["one_image"] == pytest.approx(0.005)
+    assert res["standard_error"] == pytest.approx((0.25 * 10 / 20) ** 0.5 / 10)
+    assert res["separation"] == pytest.approx(2 * 2**0.5 * res["standard_error"])
+    # more validation images, a finer scale; a certain score has none; empty classes are left out
+    assert score_resolution(0.5, [100] * 10)["standard_error"] < res["standard_error"] / 2
+    assert score_resolution(1.0, [20] * 10)["standard_error"] == 0.0
+    assert score_resolution(0.5, [20] * 10 + [0])["classes"] == 10

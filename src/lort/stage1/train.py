@@ -37,7 +37,7 @@ from ..models.base import max_norm_
 from ..runtime.checkpoint import load_model_state, read_checkpoint, save_checkpoint
 from ..runtime.compilation import choose_compile, compiled
 from ..runtime.distributed import DistInfo, barrier, cleanup, setup_distributed
-from ..runtime.precision import Precision, autocast, choose_precision
+from ..runtime.precision import Precision, autocast, choose_precision, cpu_capability
 
 
 def seeded(*parts: int) -> torch.Generator:
@@ -227,6 +227,32 @@ def _check_out_dir(out: Path, cfg: RunConfig, resume: bool) -> dict | None:
     return ckpt
 
 
+def _earlier_parts(ckpt: dict | None, environment_file: Path) -> list[dict]:
+    """The environments of the parts of a resumed run before this one (machine, precision,
+    compile: a run continued on another kind of CPU changes its arithmetic from there on),
+    from the checkpoint, else from the folder's environment.json of the part before."""
+    if ckpt is None:
+        return []
+    if "environments" in ckpt:
+        return [dict(p) for p in ckpt["environments"] if p.get("from_epoch", 1) <= ckpt["epoch"]]
+    try:  # a checkpoint written before the parts were kept
+        earlier = json.loads(environment_file.read_text())
+    except (OSError, ValueError):
+        return []
+    parts = earlier.pop("parts", None) or [earlier]
+    return [p | {"from_epoch": p.get("from_epoch", 1)} for p in parts]
+
+
+def _environment_record(parts: list[dict]) -> dict:
+    """environment.json of a stage-1 run: the current part's environment at the top level (as
+    every run folder's), and with ``parts`` (each with its first epoch) when the run was
+    resumed, so the arithmetic of every epoch stays on record."""
+    record = dict(parts[-1])
+    if len(parts) > 1:
+        record["parts"] = parts
+    return record
+
+
 def _append_jsonl(path: Path, record: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
@@ -305,14 +331,18 @@ def _train(
     compiling = choose_compile(s1.compile, info.device, steps * (s1.epochs - start_epoch))
     train_fn = compiled(model, compiling)
     metrics_path = Stage1Run(out).metrics
+    here = environment(s1.seed) | {
+        "cpu": cpu_capability().describe(),
+        "world_size": info.world_size,
+        "precision": precision.to_dict(),
+        "compile": compiling.to_dict(),
+        "from_epoch": start_epoch + 1,
+    }
+    parts = _earlier_parts(ckpt, Stage1Run(out).environment) + [here]
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(Stage1Run(out).config, dump_yaml(cfg))
-        write_json(
-            Stage1Run(out).environment,
-            environment(s1.seed)
-            | {"world_size": info.world_size, "precision": precision.to_dict(), "compile": compiling.to_dict()},
-        )
+        write_json(Stage1Run(out).environment, _environment_record(parts))
         tqdm.write(f"stage 1 precision: {precision.name} ({precision.reason})")
         tqdm.write(f"stage 1 torch.compile: {'on' if compiling.enabled else 'off'} ({compiling.reason})")
         write_json(Stage1Run(out).dataset, ds.summary())
@@ -362,6 +392,7 @@ def _train(
                 "classes": ds.classes,
                 "train_counts": counts.tolist(),
                 "metrics": history,
+                "environments": parts,
             }
             if improved:
                 save_checkpoint(Stage1Run(out).best, **{k: v for k, v in state.items() if k not in ("optimizer",)})

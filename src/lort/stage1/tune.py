@@ -325,6 +325,7 @@ def tune(
             "lort tune scores trials on the validation split, and this dataset has none; "
             "set data.val_per_class (CIFAR) or give a validation list"
         )
+    val_counts = [int(c) for c in np.bincount(np.asarray(ds.val.labels), minlength=ds.num_classes)]
     proxy = proxy_config(cfg, epochs)
     state = optuna.trial.TrialState
 
@@ -377,7 +378,7 @@ def tune(
         except ValueError:
             best = "no trial complete yet"
         log(f"trial {trial.number} [{done}/{trials}] {what}; {best}; {values}; {seconds / 60:.1f} min")
-        write_outputs(study_, out, cfg, dims, epochs, sampler, pruner, url, trials)
+        write_outputs(study_, out, cfg, dims, epochs, sampler, pruner, url, trials, val_counts)
 
     remaining = trials - finished()
     if remaining > 0:
@@ -398,7 +399,7 @@ def tune(
             gc_after_trial=True,
         )
         log(f"lort tune: {time.monotonic() - started:.0f} s")
-    return write_outputs(study, out, cfg, dims, epochs, sampler, pruner, url, trials)
+    return write_outputs(study, out, cfg, dims, epochs, sampler, pruner, url, trials, val_counts)
 
 
 def format_value(value: Any) -> str:
@@ -425,7 +426,32 @@ def trial_rows(study) -> list[dict]:
     return rows
 
 
-def write_outputs(study, out: Path, cfg: RunConfig, dims, epochs, sampler, pruner, url, trials) -> dict:
+def score_resolution(score: float, val_counts: list[int]) -> dict:
+    """How finely a validation split resolves a balanced accuracy near ``score``.
+
+    ``standard_error``: the binomial standard error of one balanced accuracy, every class taken
+    at ``score``'s accuracy (``sqrt(score (1 - score) sum_k 1/n_k) / K``); ``separation``: twice
+    the standard error of the difference of two independent such scores (``2 sqrt(2) SE``), the
+    gap below which two trials' scores are not told apart. Trials share the split, so the
+    difference is often less noisy than this; it is the scale, not a test. ``one_image``: what
+    one image of the smallest class moves the balanced accuracy by.
+    """
+    counts = [c for c in val_counts if c > 0]
+    k = len(counts)
+    se = math.sqrt(max(score * (1.0 - score), 0.0) * sum(1.0 / c for c in counts)) / k
+    return {
+        "images": int(sum(counts)),
+        "classes": k,
+        "min_per_class": int(min(counts)),
+        "one_image": 1.0 / (k * min(counts)),
+        "standard_error": se,
+        "separation": 2.0 * math.sqrt(2.0) * se,
+    }
+
+
+def write_outputs(
+    study, out: Path, cfg: RunConfig, dims, epochs, sampler, pruner, url, trials, val_counts: list[int] | None = None
+) -> dict:
     """``tune.json``, the trial tables, ``best.yaml`` and the report, from the study as it is now."""
     rows = trial_rows(study)
     counts: dict[str, int] = {}
@@ -460,6 +486,15 @@ def write_outputs(study, out: Path, cfg: RunConfig, dims, epochs, sampler, prune
             "params": best["params"],
             "config": "best.yaml",
         }
+        if val_counts:
+            res = score_resolution(best["val_balanced_acc"], val_counts)
+            summary["best"]["resolution"] = res
+            summary["best"]["not_separated_from"] = [
+                r["number"]
+                for r in complete
+                if r["number"] != best["number"]
+                and best["val_balanced_acc"] - r["val_balanced_acc"] < res["separation"]
+            ]
     write_json(out / "trials.json", rows)
     buf = io.StringIO()
     keys = [d.key for d in dims]
@@ -507,6 +542,24 @@ def tune_report(folder: str | Path) -> Path:
             + ", ".join(f"{k.split('.', 1)[1]}={format_value(v)}" for k, v in best["params"].items())
             + f"; full-schedule config in {best['config']} (`lort run {best['config']} --out DIR`)."
         )
+        res, close = best.get("resolution"), best.get("not_separated_from", [])
+        if res is None:  # a study written before lort recorded it: from the best trial's dataset.json
+            res, close = _resolution_from_trials(folder, best, rows)
+        if res:
+            lines.append(
+                f"- Resolution: the validation split holds {res['images']} images ({res['min_per_class']} in its "
+                f"smallest class; one image there moves the score by {res['one_image']:.4f}); a score near the "
+                f"best's has a standard error of about {res['standard_error']:.4f}, and two trials closer than "
+                f"{res['separation']:.4f} are not told apart. "
+                + (
+                    f"Not separated from the best: trial{'s' if len(close) > 1 else ''} "
+                    + ", ".join(map(str, close))
+                    + " (a larger validation split, e.g. `data.val_per_class`, or more proxy epochs would be needed "
+                    "to choose among them)."
+                    if close
+                    else "Every other completed trial is further below it than that."
+                )
+            )
     lines += ["", "| trial | state | val balanced acc | epochs | minutes | " + " | ".join(keys) + " |"]
     lines.append("|" + "---|" * (5 + len(keys)))
     for r in sorted(rows, key=lambda r: -(r["val_balanced_acc"] or -1.0)):
@@ -521,6 +574,23 @@ def tune_report(folder: str | Path) -> Path:
     path = folder / "report.md"
     write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _resolution_from_trials(folder: Path, best: dict, rows: list[dict]) -> tuple[dict | None, list[int]]:
+    row = next((r for r in rows if r["number"] == best["trial"]), None)
+    try:
+        counts = json.loads((folder / row["folder"] / "dataset.json").read_text())["val_counts"]
+    except (TypeError, KeyError, OSError, ValueError):
+        return None, []
+    res = score_resolution(best["val_balanced_acc"], counts)
+    close = [
+        r["number"]
+        for r in rows
+        if r["state"] == "complete"
+        and r["number"] != best["trial"]
+        and best["val_balanced_acc"] - r["val_balanced_acc"] < res["separation"]
+    ]
+    return res, close
 
 
 def _describe(spec: dict) -> str:

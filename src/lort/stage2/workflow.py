@@ -153,11 +153,12 @@ def run_compare(
     cv: int | None = None,
 ) -> tuple[list, Path]:
     t0 = time.perf_counter()
+    caveat = cv_caveat(fs) if cv is not None else None
     if cv is not None:
         if train_source is not None:
             raise LortError("--cv runs on cached features; full mode (--mode full) is not supported with it")
-        if cv_caveat(fs):
-            print(f"warning: {cv_caveat(fs)}", file=sys.stderr)
+        if caveat:
+            print(f"warning: {caveat}", file=sys.stderr)
         results = compare_by_cv(fs, resolve_methods(methods), schedule, lrs, fixed, cv, fits_per_method, seeds)
     else:
         results = compare(
@@ -205,7 +206,7 @@ def run_compare(
             else "every method's whole grid (budgets differ between methods)"
         )
         + f"; stage-2 seeds: {seeds}",
-        f"selection: {selection}" + (f" (caveat: {cv_caveat(fs)})" if cv is not None and cv_caveat(fs) else ""),
+        f"selection: {selection}" + (f" (caveat: {caveat})" if caveat else ""),
         f"mode: {meta['mode']}",
         "test-time augmentation: " + ("ON (flip averaging)" if meta["tta"] else "off"),
         f"warm start: {meta['init_classifier']}",
