@@ -59,7 +59,10 @@ def test_stage1_test_report_from_the_features_matches_a_direct_evaluation(tmp_pa
     """Where the extraction is the fp32 forward pass, `lort run` scores stage 1 on the test
     split from the extracted features (one pass of the test split, not two); the report is
     the one a direct evaluation of the checkpoint gives."""
+    import dataclasses
+
     import lort.pipeline as pipeline
+    import lort.runtime.precision as precision
     from lort.analysis.metrics import accuracy_report
     from lort.data import build_dataset
     from lort.data.features import load_features
@@ -68,7 +71,11 @@ def test_stage1_test_report_from_the_features_matches_a_direct_evaluation(tmp_pa
 
     make_cifar_archive(tmp_path, "cifar10", 50, 5)
     cfg = _cfg(tmp_path, **{"stage2.methods": ["ce"], "stage2.sweep": False})
-    monkeypatch.setattr(pipeline, "_test_from_features", lambda cfg: True)  # as on a CPU without native bf16
+    # as on a CPU without native bf16, whatever this one has: extraction and the shortcut's rule
+    # both read the capability, so the extracted features are the fp32 pass the shortcut assumes
+    no_bf16 = dataclasses.replace(precision.cpu_capability(), avx512_bf16=False, amx_bf16=False)
+    monkeypatch.setattr(precision, "cpu_capability", lambda: no_bf16)
+    assert pipeline._test_from_features(cfg)
     run_pipeline(cfg, tmp_path / "run", "lort run test")
     summary = json.loads((tmp_path / "run" / "stage1" / "summary.json").read_text())
     assert "extracted test features" in summary["test_from"]
