@@ -1,0 +1,67 @@
+"""benchmarks/stage1_recipes.py reads finished runs and lays their figures side by side."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "stage1_recipes.py"
+CE = ROOT / "results" / "cifar10_lt_ir100_ce_e200"
+AA = ROOT / "results" / "cifar10_lt_ir100_autoaugment_e200"
+
+
+def _run(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, capture_output=True, text=True)
+
+
+def test_the_table_holds_each_runs_own_figures_and_what_its_stage_1_changed(tmp_path):
+    out = tmp_path / "recipes"
+    done = _run("--out", out, f"ce={CE}", f"aa={AA}")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(out.with_suffix(".json").read_text())
+    for row, run in zip(summary["recipes"], (CE, AA), strict=True):
+        s1 = json.loads((run / "stage1" / "summary.json").read_text())
+        board = json.loads((run / "compare" / "leaderboard.json").read_text())
+        assert row["stage1_test"] == round(100 * s1["test"]["acc"], 2)
+        assert row["reference"] == board["statistics"]["reference"]
+        lort = next(r for r in board["results"] if r["method"] == "lort")
+        assert (row["lort_test"], row["lort_ci"]) == (lort["test_acc"], lort["diff_ci"])
+        assert row["best_test"] == max(r["test_acc"] for r in board["results"])
+    assert summary["recipes"][0]["differs"] == {}
+    assert summary["recipes"][1]["differs"] == {"augment": "autoaugment", "cutout": 16}
+    assert set(summary["per_method"]) >= {"ce", "lort", "crt", "lws", "tau_norm"}
+    change = summary["per_method"]["ce"]["aa"]["test"] - summary["per_method"]["ce"]["ce"]["test"]
+    assert "| ce | " in out.with_suffix(".md").read_text() and f"{change:+.2f}" in out.with_suffix(".md").read_text()
+
+
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path):
+    bad = _run("--out", tmp_path / "x", "no-equals-sign")
+    assert bad.returncode == 2 and "LABEL=RUN" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    missing = _run("--out", tmp_path / "x", f"a={tmp_path / 'nowhere'}")
+    assert missing.returncode == 2 and "nowhere" in missing.stderr
+    other = tmp_path / "other"
+    shutil.copytree(AA, other, ignore=shutil.ignore_patterns("*.npz", "*.png", "*.pt"))
+    cfg = (other / "config.yaml").read_text().replace("imbalance_ratio: 100.0", "imbalance_ratio: 50.0")
+    (other / "config.yaml").write_text(cfg)
+    differs = _run("--out", tmp_path / "x", f"a={CE}", f"b={other}")
+    assert differs.returncode == 2 and "data section differs" in differs.stderr
+    assert not (tmp_path / "x.md").exists() and not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("name", ["stage1_recipes/cifar10_lt_ir100.md"])
+def test_the_committed_table_is_what_the_script_writes_today(tmp_path, name):
+    committed = (ROOT / "results" / name).read_text()
+    command = committed.split("Made by `", 1)[1].split("`", 1)[0]
+    args = command.split(" --out ", 1)[1].split(" ", 1)[1]
+
+    done = _run("--out", tmp_path / "t", *shlex.split(args))
+    assert done.returncode == 0, done.stderr
+    fresh = (tmp_path / "t.md").read_text()
+    assert fresh.split("\n", 3)[3] == committed.split("\n", 3)[3]  # all but the command line (its --out)
