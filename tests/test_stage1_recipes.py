@@ -65,3 +65,47 @@ def test_the_committed_table_is_what_the_script_writes_today(tmp_path, name):
     assert done.returncode == 0, done.stderr
     fresh = (tmp_path / "t.md").read_text()
     assert fresh.split("\n", 3)[3] == committed.split("\n", 3)[3]  # all but the command line (its --out)
+
+
+def _finished_run(folder: Path, root: Path, **extra) -> Path:
+    from lort.config import dump_yaml, load_config
+    from lort.stage1.train import train
+
+    over = {"data.root": str(root), "data.max_per_class": 40, "data.imbalance_ratio": 10, "data.val_per_class": 4,
+            "stage1.epochs": 4, "stage1.warmup_epochs": 2, "stage1.batch_size": 16, "stage1.eval_batch_size": 64}  # fmt: skip
+    cfg = load_config(None, over | extra)
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(dump_yaml(cfg))
+    train(cfg, folder / "stage1", evaluate_test=True)
+    return folder
+
+
+def test_proxies_are_cut_as_lort_tune_cuts_them_and_scored_as_its_trials(tmp_path):
+    from .conftest import make_cifar_archive
+
+    make_cifar_archive(tmp_path, "cifar10", 50, 5)
+    plain = _finished_run(tmp_path / "plain", tmp_path)
+    mixup = _finished_run(tmp_path / "mixup", tmp_path, **{"stage1.mixup_alpha": 1.0})
+    script = ROOT / "benchmarks" / "proxy_fidelity.py"
+    out = tmp_path / "fidelity"
+    args = [sys.executable, str(script), "--proxy-epochs", "2", "--out", str(out), f"plain={plain}", f"mixup={mixup}"]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["label"] for r in rows] == ["plain", "mixup"]
+    for row, run in zip(rows, (plain, mixup), strict=True):
+        proxy = out / row["label"]
+        curve = [json.loads(x) for x in (proxy / "metrics.jsonl").read_text().splitlines()]
+        assert len(curve) == 2 and row["proxy_schedule"] == {"epochs": 2, "warmup_epochs": 1}  # 2 * 2/4 warm-up
+        assert row["proxy_val"] == round(100 * max(r["val_balanced_acc"] for r in curve), 2)
+        assert row["full_test"] == round(
+            100 * json.loads((run / "stage1" / "summary.json").read_text())["test"]["acc"], 2
+        )
+    assert "mixup_alpha: 1.0" in (out / "mixup" / "config.yaml").read_text()
+    stamp = (out / "plain" / "summary.json").stat().st_mtime_ns
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    assert (
+        again.returncode == 0 and (out / "plain" / "summary.json").stat().st_mtime_ns == stamp
+    )  # resumed, not retrained
+    bad = subprocess.run([*args[:-2], f"x={tmp_path / 'nowhere'}"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "nowhere" in bad.stderr

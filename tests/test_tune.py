@@ -274,3 +274,10 @@ def test_score_resolution_is_the_binomial_scale_of_a_balanced_accuracy():
     assert score_resolution(0.5, [100] * 10)["standard_error"] < res["standard_error"] / 2
     assert score_resolution(1.0, [20] * 10)["standard_error"] == 0.0
     assert score_resolution(0.5, [20] * 10 + [0])["classes"] == 10
+
+
+def test_a_study_of_one_trial_says_its_best_was_compared_with_none(archive, tmp_path):
+    out = tmp_path / "tune"
+    tune(_cfg(archive), out, trials=1, epochs=1, sampler="random", pruner="none", log=lambda m: None)
+    text = (out / "report.md").read_text()
+    assert "No other trial completed" in text and "Every other completed trial" not in text

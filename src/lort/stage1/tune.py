@@ -558,6 +558,8 @@ def tune_report(folder: str | Path) -> Path:
                     "to choose among them)."
                     if close
                     else "Every other completed trial is further below it than that."
+                    if sum(r["state"] == "complete" for r in rows) > 1
+                    else "No other trial completed, so the best was compared with none."
                 )
             )
     lines += ["", "| trial | state | val balanced acc | epochs | minutes | " + " | ".join(keys) + " |"]

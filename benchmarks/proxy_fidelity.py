@@ -1,0 +1,137 @@
+"""Can `lort tune`'s short proxies rank stage-1 recipes as their full schedules do?
+
+    python benchmarks/proxy_fidelity.py --proxy-epochs 15 --out results/stage1_recipes/proxy_ir100 \\
+        "field CE=results/cifar10_lt_ir100_ce_e200" "mixup=results/cifar10_lt_ir100_mixup_e200" ...
+
+Each argument is ``LABEL=RUN``, a finished ``lort run`` folder. For each, the run's own config is
+cut to the proxy schedule exactly as ``lort tune`` cuts it (``proxy_config``: the epochs, the
+warm-up scaled by the same factor) and trained once; its score is the one a trial gets (the
+best validation balanced accuracy over the proxy's epochs). The proxy's checkpoint is then
+scored once on test, and the table sets the proxy's validation score and test accuracy beside
+the full run's. It separates the two ways a proxy search can go wrong: the proxy ranks recipes
+unlike the full schedule (compare the test columns), and the validation split cannot see the
+difference (compare the proxy's validation and test columns). The test figures choose nothing
+here: no default or choice of lort is taken from them.
+
+A recipe whose proxy folder holds a summary is not trained again (the command resumes);
+``<out>.md`` and ``<out>.json`` are rewritten after each recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from _common import default_root, run_main
+
+from lort.config import load_config
+from lort.errors import LortError
+from lort.io import write_json, write_text
+from lort.stage1.train import train
+from lort.stage1.tune import proxy_config, score_resolution
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_") or "recipe"
+
+
+def _full_run(run: Path) -> dict:
+    try:
+        summary = json.loads((run / "stage1" / "summary.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise LortError(
+            f"{run / 'stage1' / 'summary.json'}: cannot read it ({exc}); is it a finished lort run?"
+        ) from None
+    if "test" not in summary:
+        raise LortError(f"{run / 'stage1' / 'summary.json'}: no test report; is stage 1 finished?")
+    return summary
+
+
+def _parse(spec: str) -> tuple[str, Path]:
+    label, sep, run = spec.partition("=")
+    if not sep or not label or not run:
+        raise LortError(f"{spec!r}: expected LABEL=RUN")
+    return label, Path(run)
+
+
+def markdown(rows: list[dict], epochs: int, command: str, resolution: dict | None) -> str:
+    lines = [
+        f"# {epochs}-epoch proxies against the full schedules",
+        "",
+        f"Made by `{command}`. Each proxy is the run's config cut as `lort tune` cuts it; its score is",
+        "a trial's (best validation balanced accuracy over the proxy's epochs). Accuracies in %.",
+        "Ranks: 1 is the highest in that column.",
+        "",
+        "| recipe | proxy: val (trial score) | rank | proxy: test | rank | full: val | full: stage-1 test | rank | proxy minutes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def ranks(key):
+        order = sorted(rows, key=lambda r: -r[key])
+        return {r["label"]: 1 + order.index(r) for r in rows}
+
+    rp, rt, rf = ranks("proxy_val"), ranks("proxy_test"), ranks("full_test")
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | {r['proxy_val']:.2f} | {rp[r['label']]} | {r['proxy_test']:.2f} | {rt[r['label']]} "
+            f"| {r['full_val']:.2f} | {r['full_test']:.2f} | {rf[r['label']]} | {r['minutes']:.1f} |"
+        )
+    if resolution:
+        lines += [
+            "",
+            f"Validation split: {resolution['images']} images, {resolution['min_per_class']} in its smallest class; "
+            f"near the best proxy score one trial's standard error is {100 * resolution['standard_error']:.2f} points "
+            f"and two scores closer than {100 * resolution['separation']:.2f} are not told apart (`score_resolution`).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="output path without suffix; proxy runs go in <out>/")
+    ap.add_argument("--proxy-epochs", type=int, default=15)
+    ap.add_argument("recipes", nargs="+", help="LABEL=RUN, finished lort run folders")
+    args = ap.parse_args()
+    out = Path(args.out)
+    specs = [_parse(s) for s in args.recipes]
+    fulls = [_full_run(run) for _, run in specs]  # every input checked before any training
+    command = f"python benchmarks/proxy_fidelity.py --proxy-epochs {args.proxy_epochs} --out {args.out} " + " ".join(
+        f'"{s}"' for s in args.recipes
+    )
+    rows, resolution = [], None
+    for (label, run), full in zip(specs, fulls, strict=True):
+        cfg = load_config(run / "config.yaml")
+        if default_root() and cfg.data.root is None:
+            cfg = load_config(run / "config.yaml", {"data.root": default_root()})
+        proxy = proxy_config(cfg, args.proxy_epochs)
+        folder = out / _slug(label)
+        done = folder / "summary.json"
+        if not done.is_file():
+            print(f"{label}: {args.proxy_epochs}-epoch proxy of {run}", flush=True)
+            train(proxy, folder, resume=True, evaluate_test=True)
+        summary = json.loads(done.read_text())
+        curve = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        dataset = json.loads((folder / "dataset.json").read_text())
+        rows.append(
+            {
+                "label": label,
+                "run": str(run),
+                "proxy_val": round(100 * max(r["val_balanced_acc"] for r in curve), 2),
+                "proxy_test": round(100 * summary["test"]["acc"], 2),
+                "full_val": round(100 * full["val_balanced_acc"], 2),
+                "full_test": round(100 * full["test"]["acc"], 2),
+                "minutes": sum(r["epoch_time_s"] for r in curve) / 60,
+                "proxy_schedule": {"epochs": proxy.stage1.epochs, "warmup_epochs": proxy.stage1.warmup_epochs},
+            }
+        )
+        best = max(r["proxy_val"] for r in rows) / 100
+        resolution = score_resolution(best, dataset["val_counts"])
+        write_json(out.with_suffix(".json"), {"rows": rows, "resolution": resolution, "command": command})
+        write_text(out.with_suffix(".md"), markdown(rows, args.proxy_epochs, command, resolution))
+    print(markdown(rows, args.proxy_epochs, command, resolution))
+
+
+if __name__ == "__main__":
+    run_main(main)
