@@ -281,3 +281,18 @@ def test_a_study_of_one_trial_says_its_best_was_compared_with_none(archive, tmp_
     tune(_cfg(archive), out, trials=1, epochs=1, sampler="random", pruner="none", log=lambda m: None)
     text = (out / "report.md").read_text()
     assert "No other trial completed" in text and "Every other completed trial" not in text
+
+
+def test_a_space_of_regularisers_on_a_short_proxy_carries_the_caveat_and_lr_alone_does_not(archive, tmp_path):
+    from lort.stage1.tune import parse_space, proxy_caveat
+
+    space = parse_space(
+        {"stage1.lr": {"low": 0.01, "high": 0.1, "log": True}, "stage1.cutout": {"choices": [0, 8]}}, "t"
+    )
+    messages = []
+    summary = tune(_cfg(archive), tmp_path / "t", trials=1, epochs=1, space=space, pruner="none", log=messages.append)
+    assert "stage1.cutout" in summary["caveat"] and "stage1.lr" not in summary["caveat"]
+    assert any(m.startswith("lort tune: warning:") and "stage1.cutout" in m for m in messages)
+    assert "**Caveat**" in (tmp_path / "t" / "report.md").read_text()
+    assert proxy_caveat(["stage1.lr", "stage1.weight_decay"], 1, 4) is None  # the default space
+    assert proxy_caveat(["stage1.mixup_alpha"], 4, 4) is None  # the proxy is the full schedule
