@@ -98,6 +98,7 @@ def test_proxies_are_cut_as_lort_tune_cuts_them_and_scored_as_its_trials(tmp_pat
         curve = [json.loads(x) for x in (proxy / "metrics.jsonl").read_text().splitlines()]
         assert len(curve) == 2 and row["proxy_schedule"] == {"epochs": 2, "warmup_epochs": 1}  # 2 * 2/4 warm-up
         assert row["proxy_val"] == round(100 * max(r["val_balanced_acc"] for r in curve), 2)
+        assert "ahead_of_leader_from" in row and len(row["full_curve"]) == 4
         assert row["full_test"] == round(
             100 * json.loads((run / "stage1" / "summary.json").read_text())["test"]["acc"], 2
         )
@@ -109,3 +110,15 @@ def test_proxies_are_cut_as_lort_tune_cuts_them_and_scored_as_its_trials(tmp_pat
     )  # resumed, not retrained
     bad = subprocess.run([*args[:-2], f"x={tmp_path / 'nowhere'}"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "nowhere" in bad.stderr
+
+
+def test_ahead_from_is_the_epoch_from_which_a_curve_stays_above_another():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import proxy_fidelity as pf
+    finally:
+        sys.path.pop(0)
+    assert pf.best_so_far([{"val_balanced_acc": v} for v in (0.2, 0.1, 0.3)]) == [0.2, 0.2, 0.3]
+    assert pf.ahead_from([0.1, 0.3, 0.2, 0.5, 0.6], [0.2, 0.2, 0.4, 0.4, 0.4]) == 4  # ahead at 2, behind at 3
+    assert pf.ahead_from([0.3, 0.3], [0.1, 0.2]) == 1
+    assert pf.ahead_from([0.3, 0.3], [0.1, 0.3]) is None  # level at the end is not ahead

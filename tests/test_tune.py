@@ -294,5 +294,7 @@ def test_a_space_of_regularisers_on_a_short_proxy_carries_the_caveat_and_lr_alon
     assert "stage1.cutout" in summary["caveat"] and "stage1.lr" not in summary["caveat"]
     assert any(m.startswith("lort tune: warning:") and "stage1.cutout" in m for m in messages)
     assert "**Caveat**" in (tmp_path / "t" / "report.md").read_text()
-    assert proxy_caveat(["stage1.lr", "stage1.weight_decay"], 1, 4) is None  # the default space
-    assert proxy_caveat(["stage1.mixup_alpha"], 4, 4) is None  # the proxy is the full schedule
+    assert proxy_caveat(["stage1.lr", "stage1.weight_decay"], 1, 4, "hyperband") is None  # the default space
+    assert proxy_caveat(["stage1.mixup_alpha"], 4, 4, "none") is None  # the full schedule, nothing pruned
+    early = proxy_caveat(["stage1.mixup_alpha"], 4, 4, "hyperband")  # full length, but pruned early
+    assert "hyperband pruner" in early and "proxy of" not in early
