@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -24,3 +25,20 @@ def run_main(main) -> None:
     except LortError as exc:
         print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def read_run_json(path: Path) -> dict:
+    """A JSON file of a lort run folder; a missing or unreadable one is a one-line error."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise LortError(f"{path}: cannot read it ({exc}); is it a finished lort run?") from None
+
+
+def finished_stage1(run: Path) -> dict:
+    """``RUN/stage1/summary.json`` of a run whose stage 1 is finished and scored on test."""
+    path = Path(run) / "stage1" / "summary.json"
+    summary = read_run_json(path)
+    if "test" not in summary:
+        raise LortError(f"{path}: no test report; is stage 1 finished?")
+    return summary

@@ -24,7 +24,7 @@ import json
 import re
 from pathlib import Path
 
-from _common import default_root, run_main
+from _common import default_root, finished_stage1, run_main
 
 from lort.config import load_config
 from lort.errors import LortError
@@ -35,18 +35,6 @@ from lort.stage1.tune import proxy_config, score_resolution
 
 def _slug(label: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_") or "recipe"
-
-
-def _full_run(run: Path) -> dict:
-    try:
-        summary = json.loads((run / "stage1" / "summary.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise LortError(
-            f"{run / 'stage1' / 'summary.json'}: cannot read it ({exc}); is it a finished lort run?"
-        ) from None
-    if "test" not in summary:
-        raise LortError(f"{run / 'stage1' / 'summary.json'}: no test report; is stage 1 finished?")
-    return summary
 
 
 def _records(path: Path) -> list[dict]:
@@ -121,7 +109,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     specs = [_parse(s) for s in args.recipes]
-    fulls = [_full_run(run) for _, run in specs]  # every input checked before any training
+    fulls = [finished_stage1(run) for _, run in specs]  # every input checked before any training
     command = f"python benchmarks/proxy_fidelity.py --proxy-epochs {args.proxy_epochs} --out {args.out} " + " ".join(
         f'"{s}"' for s in args.recipes
     )

@@ -22,11 +22,10 @@ validation. Writes ``<out>.md`` and ``<out>.json``:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import yaml
-from _common import run_main
+from _common import finished_stage1, read_run_json, run_main
 
 from lort.config import config_differences, load_config
 from lort.errors import LortError
@@ -44,13 +43,6 @@ PUBLISHED_IR100 = (
 HOW_KEYS = ("amp", "compile", "workers", "eval_every", "eval_batch_size", "channels_last", "deterministic")
 
 
-def _load(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise LortError(f"{path}: cannot read it ({exc}); is it a finished lort run?") from None
-
-
 def read_recipe(spec: str) -> dict:
     label, sep, paths = spec.partition("=")
     if not sep or not label or not paths:
@@ -58,10 +50,8 @@ def read_recipe(spec: str) -> dict:
     run, _, compare = paths.partition(",")
     run = Path(run)
     compare = Path(compare) if compare else run / "compare"
-    stage1 = _load(run / "stage1" / "summary.json")
-    if "test" not in stage1:
-        raise LortError(f"{run / 'stage1' / 'summary.json'}: no test report; is stage 1 finished?")
-    board = _load(compare / "leaderboard.json")
+    stage1 = finished_stage1(run)
+    board = read_run_json(compare / "leaderboard.json")
     config = yaml.safe_load((run / "config.yaml").read_text())
     return {
         "label": label,
