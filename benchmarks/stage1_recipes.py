@@ -17,11 +17,19 @@ validation. Writes ``<out>.md`` and ``<out>.json``:
 - one row per stage-2 method: its test accuracy on each recipe (mean over stage-2 seeds) and
   its tier there, so that a reader sees which methods gain or lose on a stronger stage 1;
 - the published figures for the same task, with their sources, beside them.
+
+Each recipe is one stage-1 seed. With ``--stage1-seed RUN[,COMPARE]`` (two or more, runs that
+differ only in ``stage1.seed``) the script also reads how much a stage-1 seed alone moves stage 1
+and each method (standard deviation over those runs), and sets each method's change between the
+first and the last recipe against it: a change between two single-seed runs has a standard
+deviation of about sqrt(2) sd, so a ratio under 2 is within what the seed alone moves.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import statistics
 from pathlib import Path
 
 import yaml
@@ -43,31 +51,91 @@ PUBLISHED_IR100 = (
 HOW_KEYS = ("amp", "compile", "workers", "eval_every", "eval_batch_size", "channels_last", "deterministic")
 
 
-def read_recipe(spec: str) -> dict:
-    label, sep, paths = spec.partition("=")
-    if not sep or not label or not paths:
-        raise LortError(f"{spec!r}: expected LABEL=RUN[,COMPARE]")
+def _run_config_path(run: Path) -> Path:
+    """A run's config: ``RUN/config.yaml`` (``lort run``) or ``RUN/stage1/config.yaml`` (``lort train``)."""
+    top = run / "config.yaml"
+    return top if top.is_file() else run / "stage1" / "config.yaml"
+
+
+def read_run(paths: str, what: str) -> dict:
+    """``RUN[,COMPARE]``: the run's config, stage-1 summary and leaderboard (default ``RUN/compare``)."""
     run, _, compare = paths.partition(",")
+    if not run:
+        raise LortError(f"{what}: expected RUN[,COMPARE]")
     run = Path(run)
     compare = Path(compare) if compare else run / "compare"
     stage1 = finished_stage1(run)
     board = read_run_json(compare / "leaderboard.json")
-    config = yaml.safe_load((run / "config.yaml").read_text())
+    config_path = _run_config_path(run)
+    try:
+        config = yaml.safe_load(config_path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise LortError(f"{config_path}: cannot read it ({type(exc).__name__})") from None
+    return {"run": str(run), "compare": str(compare), "config": config, "stage1": stage1, "board": board}
+
+
+def read_recipe(spec: str) -> dict:
+    label, sep, paths = spec.partition("=")
+    if not sep or not label or not paths:
+        raise LortError(f"{spec!r}: expected LABEL=RUN[,COMPARE]")
+    return {"label": label} | read_run(paths, repr(spec))
+
+
+def seed_spread(specs: list[str]) -> dict:
+    """How much the stage-1 seed alone moves stage 1 and each method: runs of one recipe that
+    differ only in ``stage1.seed``, each with its leaderboard. Sample standard deviations over
+    the runs (of stage 1's test accuracy, of each method's test accuracy, mean over stage-2
+    seeds, and of the default LORT's lead over CE re-training)."""
+    if len(specs) < 2:
+        raise LortError(f"--stage1-seed: give two or more runs of one recipe (got {len(specs)})")
+    reps = [read_run(spec, f"--stage1-seed {spec!r}") for spec in specs]
+    first = load_config(_run_config_path(Path(reps[0]["run"])))
+    for rep in reps[1:]:
+        diffs = config_differences(rep["config"], first, sections=("data", "stage1"), ignore=HOW_KEYS + ("seed",))
+        if diffs:
+            keys = ", ".join(key for key, _, _ in diffs)
+            raise LortError(
+                f"--stage1-seed {rep['run']}: differs from {reps[0]['run']} in {keys}, not in stage1.seed alone"
+            )
+    seeds = [(rep["config"].get("stage1") or {}).get("seed", 0) for rep in reps]
+    if len(set(seeds)) < len(seeds):
+        raise LortError(f"--stage1-seed: the runs share a stage-1 seed ({seeds}); give runs of distinct seeds")
+
+    def sd(values: list[float]) -> float:
+        return round(statistics.stdev(values), 2)
+
+    stage1 = [round(100 * rep["stage1"]["test"]["acc"], 2) for rep in reps]
+    methods = [r["method"] for r in reps[0]["board"]["results"]]
+    per_method = {}
+    for m in methods:
+        values = [(_row(rep["board"], m) or {}).get("test_acc") for rep in reps]
+        if None not in values:
+            per_method[m] = {"values": values, "sd": sd(values)}
+    lead = None
+    if "lort" in per_method and "ce" in per_method:
+        diffs = [round(a - b, 2) for a, b in zip(per_method["lort"]["values"], per_method["ce"]["values"], strict=True)]
+        lead = {"values": diffs, "sd": sd(diffs)}
     return {
-        "label": label,
-        "run": str(run),
-        "compare": str(compare),
-        "config": config,
-        "stage1": stage1,
-        "board": board,
+        "runs": [rep["run"] for rep in reps],
+        "compares": [rep["compare"] for rep in reps],
+        "seeds": seeds,
+        "epochs": first.stage1.epochs,
+        "stage1_test": {"values": stage1, "sd": sd(stage1)},
+        "per_method": per_method,
+        "lort_minus_ce": lead,
     }
+
+
+def noise_ratio(change: float, sd: float) -> float | None:
+    """``change`` over the standard deviation of a difference of two single-seed runs (sqrt(2) sd)."""
+    return None if sd <= 0 else change / (math.sqrt(2.0) * sd)
 
 
 def _row(board: dict, method: str) -> dict | None:
     return next((r for r in board["results"] if r["method"] == method), None)
 
 
-def summarise(recipes: list[dict]) -> dict:
+def summarise(recipes: list[dict], spread: dict | None = None) -> dict:
     first = load_config(Path(recipes[0]["run"]) / "config.yaml")
     rows, methods = [], []
     for rec in recipes:
@@ -109,7 +177,21 @@ def summarise(recipes: list[dict]) -> dict:
         }
         for m in methods
     }
-    return {"recipes": rows, "per_method": per_method, "published": [list(p) for p in PUBLISHED_IR100]}
+    out = {"recipes": rows, "per_method": per_method, "published": [list(p) for p in PUBLISHED_IR100]}
+    return out | ({"stage1_seed_spread": spread} if spread else {})
+
+
+def _beyond(by: dict, labels: list[str], spread: dict, method: str) -> bool:
+    a, b, noise = by[labels[0]], by[labels[-1]], spread["per_method"].get(method)
+    if a is None or b is None or noise is None:
+        return False
+    ratio = noise_ratio(b["test"] - a["test"], noise["sd"])
+    return ratio is not None and abs(ratio) >= 2
+
+
+def _stage1_change(rows: list[dict], sd: float) -> str:
+    change = rows[-1]["stage1_test"] - rows[0]["stage1_test"]
+    return f"{change:+.2f} (ratio {_fmt(noise_ratio(change, sd), 1)})"
 
 
 def _fmt(v, digits=2) -> str:
@@ -141,23 +223,52 @@ def markdown(summary: dict, command: str) -> str:
             f"| {r['best_method']} {_fmt(r['best_test'])} |"
         )
     labels = [r["label"] for r in rec]
+    spread = summary.get("stage1_seed_spread")
+    extra = " | sd over stage-1 seeds | change / (sqrt 2 sd)" if spread else ""
     lines += [
         "",
         "## Each stage-2 method on each stage 1",
         "",
         "Test accuracy (mean over stage-2 seeds); R marks the reference (validation's pick), "
         "v a row below it, ^ above it, nothing indistinguishable. The last column is the change "
-        "from the first recipe to the last.",
+        "from the first recipe to the last" + (", set against the stage-1 seed noise (below)." if spread else "."),
         "",
-        "| method | " + " | ".join(labels) + " | last - first |",
-        "|---|" + "---|" * (len(labels) + 1),
+        "| method | " + " | ".join(labels) + " | last - first" + extra + " |",
+        "|---|" + "---|" * (len(labels) + 1 + (2 if spread else 0)),
     ]
     marks = {"reference": " R", "below the reference": " v", "above the reference": " ^"}
     for m, by in summary["per_method"].items():
         cells = ["–" if by[lbl] is None else f"{by[lbl]['test']:.2f}{marks.get(by[lbl]['tier'], '')}" for lbl in labels]
         a, b = by[labels[0]], by[labels[-1]]
-        change = "–" if a is None or b is None else f"{b['test'] - a['test']:+.2f}"
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {change} |")
+        change = None if a is None or b is None else b["test"] - a["test"]
+        row = f"| {m} | " + " | ".join(cells) + f" | {'–' if change is None else f'{change:+.2f}'}"
+        if spread:
+            noise = spread["per_method"].get(m)
+            ratio = None if noise is None or change is None else noise_ratio(change, noise["sd"])
+            row += f" | {_fmt(noise and noise['sd'])} | {_fmt(ratio, 1)}"
+        lines.append(row + " |")
+    if spread:
+        s1, lead, n = spread["stage1_test"], spread["lort_minus_ce"], len(spread["runs"])
+        beyond = [m for m, by in summary["per_method"].items() if _beyond(by, labels, spread, m)]
+        lines += [
+            "",
+            f"Stage-1 seed noise: each recipe above is one stage-1 seed. {n} stage-1 seeds "
+            f"({', '.join(map(str, spread['seeds']))}) of `{spread['runs'][0]}` ({spread['epochs']} epochs; "
+            f"runs {', '.join(f'`{r}`' for r in spread['runs'])}), each with the same stage-2 comparison, gave "
+            f"stage 1 {', '.join(f'{v:.2f}' for v in s1['values'])} (sd {s1['sd']:.2f}) and each method the "
+            f"sd in its column; stage 1 itself changed by {_stage1_change(rec, s1['sd'])} from the first recipe to "
+            "the last. A change between two single-seed runs has a standard deviation of about "
+            "sqrt(2) sd, so a ratio under 2 is within what the stage-1 seed alone moves. "
+            + (f"Beyond it (ratio 2 or more): {', '.join(beyond)}. " if beyond else "No method's change is beyond it. ")
+            + f"The sd comes from {n} runs of another schedule, so it is a scale, not a test."
+            + (
+                f" Differences between methods on one stage 1 move less with the seed: the default "
+                f"LORT's lead over CE re-training was {', '.join(f'{v:+.2f}' for v in lead['values'])} "
+                f"(sd {lead['sd']:.2f})."
+                if lead
+                else ""
+            ),
+        ]
     lines += [
         "",
         "## Published, for the same task on the official data",
@@ -176,12 +287,26 @@ def markdown(summary: dict, command: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output path without suffix (.md and .json are written)")
+    ap.add_argument(
+        "--stage1-seed",
+        action="append",
+        default=[],
+        metavar="RUN[,COMPARE]",
+        help="a run of one recipe at another stage-1 seed (repeat, two or more): the noise scale of the changes",
+    )
     ap.add_argument("recipes", nargs="+", help="LABEL=RUN[,COMPARE]; the first is the baseline of the differences")
     args = ap.parse_args()
-    summary = summarise([read_recipe(s) for s in args.recipes])
+    spread = seed_spread(args.stage1_seed) if args.stage1_seed else None
+    summary = summarise([read_recipe(s) for s in args.recipes], spread)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/stage1_recipes.py --out " + args.out + " " + " ".join(f'"{s}"' for s in args.recipes)
+    command = (
+        "python benchmarks/stage1_recipes.py --out "
+        + args.out
+        + "".join(f' --stage1-seed "{s}"' for s in args.stage1_seed)
+        + " "
+        + " ".join(f'"{s}"' for s in args.recipes)
+    )
     write_json(out.with_suffix(".json"), summary | {"command": command})
     write_text(out.with_suffix(".md"), markdown(summary, command))
     print(markdown(summary, command))

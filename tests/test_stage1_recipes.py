@@ -122,3 +122,48 @@ def test_ahead_from_is_the_epoch_from_which_a_curve_stays_above_another():
     assert pf.ahead_from([0.1, 0.3, 0.2, 0.5, 0.6], [0.2, 0.2, 0.4, 0.4, 0.4]) == 4  # ahead at 2, behind at 3
     assert pf.ahead_from([0.3, 0.3], [0.1, 0.2]) == 1
     assert pf.ahead_from([0.3, 0.3], [0.1, 0.3]) is None  # level at the end is not ahead
+
+
+SEEDS30 = (
+    ROOT / "results" / "cifar10_lt_ir100_e30",
+    ROOT / "results" / "cifar10_lt_ir100_e30_stage1_seeds" / "seed1",
+    ROOT / "results" / "cifar10_lt_ir100_e30_stage1_seeds" / "seed2",
+)
+SEED0_COMPARE = ROOT / "results" / "suite" / "cifar10_lt_ir100_e30" / "compare"
+
+
+def test_stage1_seed_replicates_give_each_change_its_noise_scale(tmp_path):
+    import statistics
+
+    out = tmp_path / "recipes"
+    seeds = [f"{SEEDS30[0]},{SEED0_COMPARE}", str(SEEDS30[1]), str(SEEDS30[2])]
+    args = [a for s in seeds for a in ("--stage1-seed", s)]
+    done = _run("--out", out, *args, f"ce={CE}", f"aa={AA}")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(out.with_suffix(".json").read_text())
+    spread = summary["stage1_seed_spread"]
+    assert spread["seeds"] == [0, 1, 2] and spread["epochs"] == 30
+    boards = [json.loads((Path(c) / "leaderboard.json").read_text()) for c in spread["compares"]]
+    for method in ("ce", "lort", "ldam_drw"):
+        values = [next(r for r in b["results"] if r["method"] == method)["test_acc"] for b in boards]
+        assert spread["per_method"][method]["values"] == values
+        assert spread["per_method"][method]["sd"] == round(statistics.stdev(values), 2)
+    stage1 = [json.loads((s / "stage1" / "summary.json").read_text())["test"]["acc"] for s in SEEDS30]
+    assert spread["stage1_test"]["values"] == [round(100 * a, 2) for a in stage1]
+    lead = spread["lort_minus_ce"]["values"]
+    assert lead == [round(a - b, 2) for a, b in zip(spread["per_method"]["lort"]["values"], spread["per_method"]["ce"]["values"], strict=True)]  # fmt: skip
+    change = summary["per_method"]["ldam_drw"]["aa"]["test"] - summary["per_method"]["ldam_drw"]["ce"]["test"]
+    ratio = change / (2**0.5 * spread["per_method"]["ldam_drw"]["sd"])
+    md = out.with_suffix(".md").read_text()
+    assert f"| {change:+.2f} | {spread['per_method']['ldam_drw']['sd']:.2f} | {ratio:.1f} |" in md
+    assert "Stage-1 seed noise" in md and "scale, not a test" in md
+
+
+def test_stage1_seed_replicates_must_differ_in_the_seed_alone(tmp_path):
+    one = _run("--out", tmp_path / "x", "--stage1-seed", str(SEEDS30[1]), f"ce={CE}")
+    assert one.returncode == 2 and "two or more" in one.stderr and len(one.stderr.strip().splitlines()) == 1
+    other = _run("--out", tmp_path / "x", "--stage1-seed", str(CE), "--stage1-seed", str(AA), f"ce={CE}")
+    assert other.returncode == 2 and "stage1.augment" in other.stderr and "not in stage1.seed alone" in other.stderr
+    same = _run("--out", tmp_path / "x", "--stage1-seed", str(SEEDS30[1]), "--stage1-seed", str(SEEDS30[1]), f"ce={CE}")
+    assert same.returncode == 2 and "distinct seeds" in same.stderr
+    assert not (tmp_path / "x.md").exists()
