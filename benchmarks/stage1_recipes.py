@@ -136,7 +136,7 @@ def _row(board: dict, method: str) -> dict | None:
 
 
 def summarise(recipes: list[dict], spread: dict | None = None) -> dict:
-    first = load_config(Path(recipes[0]["run"]) / "config.yaml")
+    first = load_config(_run_config_path(Path(recipes[0]["run"])))
     rows, methods = [], []
     for rec in recipes:
         if rec["config"].get("data") != recipes[0]["config"].get("data"):
@@ -179,14 +179,6 @@ def summarise(recipes: list[dict], spread: dict | None = None) -> dict:
     }
     out = {"recipes": rows, "per_method": per_method, "published": [list(p) for p in PUBLISHED_IR100]}
     return out | ({"stage1_seed_spread": spread} if spread else {})
-
-
-def _beyond(by: dict, labels: list[str], spread: dict, method: str) -> bool:
-    a, b, noise = by[labels[0]], by[labels[-1]], spread["per_method"].get(method)
-    if a is None or b is None or noise is None:
-        return False
-    ratio = noise_ratio(b["test"] - a["test"], noise["sd"])
-    return ratio is not None and abs(ratio) >= 2
 
 
 def _stage1_change(rows: list[dict], sd: float) -> str:
@@ -237,6 +229,7 @@ def markdown(summary: dict, command: str) -> str:
         "|---|" + "---|" * (len(labels) + 1 + (2 if spread else 0)),
     ]
     marks = {"reference": " R", "below the reference": " v", "above the reference": " ^"}
+    beyond = []  # methods whose change is at least twice the stage-1 seed noise
     for m, by in summary["per_method"].items():
         cells = ["–" if by[lbl] is None else f"{by[lbl]['test']:.2f}{marks.get(by[lbl]['tier'], '')}" for lbl in labels]
         a, b = by[labels[0]], by[labels[-1]]
@@ -246,10 +239,11 @@ def markdown(summary: dict, command: str) -> str:
             noise = spread["per_method"].get(m)
             ratio = None if noise is None or change is None else noise_ratio(change, noise["sd"])
             row += f" | {_fmt(noise and noise['sd'])} | {_fmt(ratio, 1)}"
+            if ratio is not None and abs(ratio) >= 2:
+                beyond.append(m)
         lines.append(row + " |")
     if spread:
         s1, lead, n = spread["stage1_test"], spread["lort_minus_ce"], len(spread["runs"])
-        beyond = [m for m, by in summary["per_method"].items() if _beyond(by, labels, spread, m)]
         lines += [
             "",
             f"Stage-1 seed noise: each recipe above is one stage-1 seed. {n} stage-1 seeds "
