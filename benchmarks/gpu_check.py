@@ -2,9 +2,13 @@
 
 One short command, about five minutes on a recent GPU:
 
-1. stage-1 throughput of ResNet-32 on CIFAR-10-LT (IR 100), one timed epoch after one
-   warm-up epoch each, in fp32, bf16 and fp16 autocast, channels_last, and bf16 with
-   torch.compile; images/s and the ratio to fp32 measured in the same run;
+1. the batched augmentation (crop, flip, AutoAugment, Cutout) on the GPU against the CPU
+   for one seed: the share of equal values (the draws come from the CPU generator, so the
+   two should agree but for rounding in the resampling) and each one's time per batch;
+   then stage-1 throughput of ResNet-32 on CIFAR-10-LT (IR 100), one timed epoch after one
+   warm-up epoch each, in fp32, bf16 and fp16 autocast, channels_last, bf16 with
+   torch.compile, and bf16 with AutoAugment + Cutout; images/s and the ratio to fp32
+   measured in the same run;
 2. ``lort tune`` with two trials of two short epochs (Optuna), the study resumed once;
 3. the whole pipeline (``lort run``: a three-epoch stage 1, features, every stage-2 method,
    one seed) with its wall time.
@@ -37,12 +41,41 @@ from lort.errors import LortError
 from lort.io import write_json
 
 
-def _stage1(root, head: int, out: Path, amp: str, compile_: bool, steps: int) -> dict:
+def _augment_parity(device: torch.device, batch: int = 512, repeats: int = 20) -> dict:
+    """AutoAugment + Cutout on ``device`` against the CPU, the same seed, and each one's time."""
+    from lort.data.augment import BatchAugment
+    from lort.data.policies import BatchPolicy
+
+    aug = BatchAugment(policy=BatchPolicy("autoaugment"), cutout=16)
+    images = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    on_cpu = aug(images, torch.Generator().manual_seed(1))
+    on_dev = aug(images.to(device), torch.Generator().manual_seed(1)).cpu()
+    times = {}
+    for where, imgs in (("cpu", images), ("device", images.to(device))):
+        gen = torch.Generator().manual_seed(2)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            aug(imgs, gen)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times[f"{where}_ms_per_batch"] = round(1000 * (time.perf_counter() - start) / repeats, 2)
+    return {
+        "batch": batch,
+        "equal_share": round(float((on_cpu == on_dev).float().mean()), 5),
+        "max_abs_diff": round(float((on_cpu - on_dev).abs().max()), 4),
+        **times,
+    }
+
+
+def _stage1(root, head: int, out: Path, amp: str, compile_: bool, steps: int, augment: dict | None = None) -> dict:
     from lort.stage1.train import train
 
     cfg = load_config(
         None,
         {
+            **(augment or {}),
             "data.root": root,
             "data.max_per_class": head,
             "data.val_per_class": 20,
@@ -104,11 +137,20 @@ def main() -> None:
         "capability": list(torch.cuda.get_device_capability(0)) if cuda else None,
     }
     print(f"device: {report['device']} (capability {report['capability']}), torch {torch.__version__}")
+    report["augment"] = _augment_parity(torch.device("cuda" if cuda else "cpu"))
+    print(
+        f"augmentation on the device: {report['augment']['equal_share']:.2%} of values equal to the CPU's, "
+        f"{report['augment']['device_ms_per_batch']} ms per batch of 512 there, "
+        f"{report['augment']['cpu_ms_per_batch']} ms on the CPU"
+    )
     rows = []
-    variants = [("none", False), ("bf16", False), ("fp16", False), ("bf16", True)]
-    for amp, compile_ in variants if cuda else variants[:2]:
-        name = f"stage1_{amp}{'_compiled' if compile_ else ''}"
-        row = _stage1(root, head, out / name, amp, compile_, args.steps)
+    policy = {"stage1.augment": "autoaugment", "stage1.cutout": 16}
+    variants = [("none", False, None), ("bf16", False, None), ("fp16", False, None), ("bf16", True, None)]
+    variants.append(("bf16", False, policy))
+    for amp, compile_, augment in variants if cuda else variants[:2]:
+        name = f"stage1_{amp}{'_compiled' if compile_ else ''}{'_autoaugment' if augment else ''}"
+        row = _stage1(root, head, out / name, amp, compile_, args.steps, augment)
+        row["augment"] = "autoaugment + cutout 16" if augment else "standard"
         rows.append(row)
         print(f"{name}: {row['images_per_s']:.0f} images/s (first epoch {row['first_epoch_s']:.1f} s)")
     fp32 = rows[0]["images_per_s"]

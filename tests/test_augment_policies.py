@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 from lort.config import load_config
-from lort.data.augment import BatchAugment, BatchMix, cutout_mask
+from lort.data.augment import BatchAugment, BatchMix, cutout_mask, iterate_batches
 from lort.data.policies import CIFAR10_POLICY, OPS, BatchPolicy, apply_op
 from lort.errors import LortError
 from lort.stage1.train import mixed_loss
@@ -146,3 +146,34 @@ def test_mixed_loss_is_the_lambda_weighted_cross_entropy():
 def test_regulariser_config_is_validated(key, value):
     with pytest.raises(LortError, match=key.split(".")[1]):
         load_config(None, {key: value})
+
+
+@pytest.mark.parametrize("policy", [None, "autoaugment", "randaugment"])
+def test_augmentation_runs_on_the_images_device(policy):
+    """Every operation computes on the images' device with the draws made on the CPU. On the
+    meta device (shapes only) any CPU tensor mixed into the computation raises, so this is the
+    check, without a GPU, that an accelerator gets no host tensor mid-batch."""
+    pol = BatchPolicy(policy, 2, 14) if policy else None
+    images = torch.from_numpy(_images(64))
+    x = BatchAugment(policy=pol, cutout=8)(images.to("meta"), torch.Generator().manual_seed(0))
+    assert x.device.type == "meta" and x.shape == (64, 3, 32, 32)
+    for name in OPS:
+        out = apply_op(name, images.float().to("meta"), torch.rand(64) * 2 - 1)
+        assert out.device.type == "meta" and out.shape == images.shape, name
+    labels = np.arange(64) % 10
+    batches = list(
+        iterate_batches(_images(64), labels, 16, True, torch.Generator().manual_seed(0), BatchAugment(), device="meta")
+    )
+    assert len(batches) == 4 and all(xb.device.type == "meta" and yb.device.type == "meta" for xb, yb in batches)
+
+
+def test_the_draws_do_not_depend_on_where_the_images_are():
+    """The crops, flips, policy and Cutout come from the CPU generator alone: the same seed
+    draws the same numbers whether the batch is augmented on the CPU or elsewhere (the meta
+    run consumes the generator exactly as the CPU run does)."""
+    aug = BatchAugment(policy=BatchPolicy("autoaugment"), cutout=16)
+    images = torch.from_numpy(_images(32))
+    g_cpu, g_meta = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    aug(images, g_cpu)
+    aug(images.to("meta"), g_meta)
+    assert torch.equal(torch.rand(8, generator=g_cpu), torch.rand(8, generator=g_meta))

@@ -6,6 +6,11 @@ policy (RandAugment, AutoAugment; :mod:`.policies`) and Cutout follow the flip, 
 :class:`BatchMix` mixes whole batches (mixup, CutMix) after normalisation. Batches come
 out in channels_last memory format (NHWC storage viewed as NCHW), which is also the
 layout the uint8 cache holds, so no transpose copy is made.
+
+The augmentation runs on the device of the images it is given (``iterate_batches(...,
+device=)`` moves each uint8 batch there first, a quarter of the float batch's bytes), while
+every random draw comes from the CPU generator: the same seed gives the same crops, flips,
+policies and Cutout squares on any device, and no draw waits on the device.
 """
 
 from __future__ import annotations
@@ -42,11 +47,14 @@ class BatchAugment:
         self.inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32) * 255.0)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.float() - self.mean) * self.inv_std  # NHWC, broadcast over channels
+        dev = images.device
+        x = (images.float() - self.mean.to(dev)) * self.inv_std.to(dev)  # NHWC, broadcast over channels
         return x.permute(0, 3, 1, 2)  # NCHW view of NHWC storage == channels_last
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Augment ``images`` on their device; the draws come from ``generator`` (CPU)."""
         n, h, w, _ = images.shape
+        dev = images.device
         p = self.pad
         if p:
             padded = torch.nn.functional.pad(images, (0, 0, p, p, p, p))
@@ -63,18 +71,18 @@ class BatchAugment:
             cols = torch.where(flip[:, None], w - 1 - cols, cols)
         cols = ox + cols
         batch_idx = torch.arange(n)[:, None, None]
-        out = padded[batch_idx, rows[:, :, None], cols[:, None, :]]
+        out = padded[batch_idx.to(dev), rows[:, :, None].to(dev), cols[:, None, :].to(dev)]
         if self.policy is not None:
             out = self.policy(out.float(), generator)
         x = self.normalize(out)
         if self.cutout:
-            x = x * cutout_mask(n, h, w, self.cutout, generator)
+            x = x * cutout_mask(n, h, w, self.cutout, generator).to(dev)
         return x
 
 
 def cutout_mask(n: int, h: int, w: int, size: int, generator: torch.Generator | None) -> torch.Tensor:
     """``(n, 1, h, w)`` ones with one ``size`` square of zeros per image, its centre uniform over
-    the image (so the square may be clipped by the border), as Cutout draws it."""
+    the image (so the square may be clipped by the border), as Cutout draws it (on the CPU)."""
     cy = torch.randint(0, h, (n, 1, 1), generator=generator)
     cx = torch.randint(0, w, (n, 1, 1), generator=generator)
     ys = torch.arange(h).view(1, h, 1)
@@ -136,13 +144,18 @@ def iterate_batches(
     drop_last: bool = False,
     indices: np.ndarray | None = None,
     normalizer: BatchAugment | None = None,
+    device: torch.device | str | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(x, y)`` batches from a uint8 image array (memory-mapped is fine).
 
     ``indices`` restricts and orders the samples (e.g. a rank's shard); ``shuffle``
     permutes them with ``generator``. Without ``augment`` images are only normalised
-    (by ``normalizer``'s mean and std; default CIFAR's).
+    (by ``normalizer``'s mean and std; default CIFAR's). With ``device`` each uint8 batch
+    is copied there (pinned, asynchronously, for CUDA) and augmented there; ``x`` and ``y``
+    come out on it.
     """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    pin = device.type == "cuda"
     order = np.arange(len(labels)) if indices is None else np.asarray(indices)
     if shuffle:
         order = order[torch.randperm(len(order), generator=generator).numpy()]
@@ -152,4 +165,7 @@ def iterate_batches(
         idx = order[start : start + batch_size]
         x = torch.from_numpy(np.ascontiguousarray(images[idx]))
         y = torch.from_numpy(np.asarray(labels[idx], dtype=np.int64))
+        if device.type != "cpu":
+            x = (x.pin_memory() if pin else x).to(device, non_blocking=pin)
+            y = (y.pin_memory() if pin else y).to(device, non_blocking=pin)
         yield (augment(x, generator) if augment is not None else norm.normalize(x)), y

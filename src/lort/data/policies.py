@@ -4,7 +4,8 @@ Every image of a batch draws its own operations and magnitudes, and each operati
 once per batch on the images that drew it: a handful of tensor ops per batch, no
 per-sample Python. Images are ``float (N, H, W, 3)`` in ``[0, 255]`` (the uint8 cache's
 NHWC layout); every operation rounds and clips back to that range, as the PIL
-originals work on uint8.
+originals work on uint8. The images may sit on any device; the draws are made on the CPU
+(from the caller's generator) and sent to the images' device.
 
 Sources: AutoAugment (Cubuk et al., CVPR 2019), its CIFAR-10 policy table and magnitude
 ranges (10 magnitude bins); RandAugment (Cubuk et al., NeurIPS 2020 workshops), 14
@@ -98,7 +99,7 @@ def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> t
 def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Output pixel p samples input ``theta @ [p, 1]`` (normalised coordinates)."""
     nchw = x.permute(0, 3, 1, 2) - FILL  # zero padding of the shifted image = grey fill
-    grid = F.affine_grid(theta, list(nchw.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(x.device), list(nchw.shape), align_corners=False)
     out = F.grid_sample(nchw, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return (out + FILL).permute(0, 2, 3, 1).contiguous()
 
@@ -114,8 +115,8 @@ def _equalize(x: torch.Tensor) -> torch.Tensor:
     """PIL's ImageOps.equalize per image and channel, by batched histograms."""
     n, h, w, c = x.shape
     v = x.round().long().clamp_(0, 255).permute(0, 3, 1, 2).reshape(n * c, h * w)
-    hist = torch.zeros(n * c, 256, dtype=torch.long).scatter_add_(1, v, torch.ones_like(v))
-    idx = torch.arange(256).expand(n * c, 256)
+    hist = torch.zeros(n * c, 256, dtype=torch.long, device=x.device).scatter_add_(1, v, torch.ones_like(v))
+    idx = torch.arange(256, device=x.device).expand(n * c, 256)
     last = torch.where(hist > 0, idx, torch.full_like(idx, -1)).max(1).values
     step = (h * w - hist.gather(1, last[:, None]).squeeze(1)) // 255
     cum = torch.cumsum(hist, 1) - hist  # counts below each value
@@ -127,11 +128,13 @@ def _equalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_op(name: str, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-    """Operation ``name`` on images ``x`` with per-image signed ``level`` in ``[-1, 1]``."""
+    """Operation ``name`` on images ``x`` with per-image signed ``level`` in ``[-1, 1]`` (on the
+    CPU or on ``x``'s device)."""
     n, h, w, _ = x.shape
     if name == "Identity":
         return x
     if name in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"):
+        level = level.cpu()  # theta is built on the CPU, then sent with the grid
         theta = _identity_theta(n)
         if name == "ShearX":
             theta[:, 0, 1] = level * MAX_SHEAR
@@ -146,6 +149,7 @@ def apply_op(name: str, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
             theta[:, 0, 0], theta[:, 0, 1] = torch.cos(a), -torch.sin(a)
             theta[:, 1, 0], theta[:, 1, 1] = torch.sin(a), torch.cos(a)
         return _affine(x, theta)
+    level = level.to(x.device)
     factor = 1.0 + level * MAX_ENHANCE
     if name == "Brightness":
         return _blend(torch.zeros_like(x), x, factor)
@@ -155,7 +159,7 @@ def apply_op(name: str, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         mean = (_gray(x).mean(dim=(1, 2, 3), keepdim=True) + 0.5).floor()  # PIL: the rounded mean of L
         return _blend(mean.expand_as(x), x, factor)
     if name == "Sharpness":
-        kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
+        kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], device=x.device) / 13.0
         nchw = x.permute(0, 3, 1, 2).reshape(n * 3, 1, h, w)
         smooth = F.conv2d(nchw, kernel.view(1, 1, 3, 3)).round()
         blurred = nchw.clone()
@@ -220,11 +224,14 @@ class BatchPolicy:
         return slots
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``float (N, H, W, 3)`` in [0, 255] -> augmented, same shape and range."""
+        """``float (N, H, W, 3)`` in [0, 255] -> augmented, same shape and range. The images
+        that drew each operation are found on the CPU and gathered by index on ``x``'s device
+        (no boolean mask there, whose indexing would wait for the device)."""
         for op, level in self.draw(len(x), generator):
             for i in torch.unique(op).tolist():
                 if i < 0 or OPS[i] == "Identity":
                     continue
-                mask = op == i
-                x[mask] = apply_op(OPS[i], x[mask], level[mask])
+                rows = torch.nonzero(op == i).squeeze(1)
+                picked = rows.to(x.device)
+                x[picked] = apply_op(OPS[i], x[picked], level[rows])
         return x

@@ -39,6 +39,8 @@ from ..runtime.compilation import choose_compile, compiled
 from ..runtime.distributed import DistInfo, barrier, cleanup, setup_distributed
 from ..runtime.precision import Precision, autocast, choose_precision, cpu_capability
 
+SYNC_EVERY = 50  # steps between the host's reads of the running loss on an accelerator
+
 
 def seeded(*parts: int) -> torch.Generator:
     """A generator whose seed is a stable function of ``parts`` (seed, epoch, rank...)."""
@@ -95,6 +97,7 @@ def train_batches(
             generator=seeded(s1.seed, epoch, info.rank, 1),
             augment=batch_augment(s1),
             indices=shard,
+            device=info.device,
         )
         return
     dataset = ImagePathDataset(split.paths, split.labels, train=True, size=input_size, seed=s1.seed)
@@ -109,9 +112,9 @@ def train_batches(
     )
 
 
-def eval_batches(split: Split, batch_size: int, input_size: int, workers: int = 0):
+def eval_batches(split: Split, batch_size: int, input_size: int, workers: int = 0, device=None):
     if split.images is not None:
-        return iterate_batches(split.images, split.labels, batch_size, shuffle=False)
+        return iterate_batches(split.images, split.labels, batch_size, shuffle=False, device=device)
     dataset = ImagePathDataset(split.paths, split.labels, train=False, size=input_size)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
 
@@ -127,13 +130,14 @@ def predict(
     channels_last: bool = True,
     desc: str | None = None,
 ) -> np.ndarray:
-    """``fn(x)`` over a split in order (eval transforms), concatenated as float32 numpy."""
+    """``fn(x)`` over a split in order (eval transforms), concatenated as float32 numpy (one
+    copy back from the device at the end)."""
     outs = []
-    batches = eval_batches(split, batch_size, input_size, workers)
+    batches = eval_batches(split, batch_size, input_size, workers, device)
     for x, _ in tqdm(batches, desc=desc, disable=desc is None, leave=False, unit="batch"):
         x = x.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        outs.append(fn(x).float().cpu())
-    return torch.cat(outs).numpy()
+        outs.append(fn(x).float())
+    return torch.cat(outs).cpu().numpy()
 
 
 def train_one_epoch(
@@ -151,10 +155,29 @@ def train_one_epoch(
     eager: nn.Module | None = None,
 ) -> dict:
     """One epoch of ``model`` (compiled or not; ``eager``, the same model uncompiled, takes
-    batches shorter than ``stage1.batch_size``)."""
+    batches shorter than ``stage1.batch_size``).
+
+    The loss and the correct count add up on the device; the host reads them (and checks
+    that the loss is finite) every step on the CPU, where reading costs nothing, and every
+    :data:`SYNC_EVERY` steps and at the epoch's end on an accelerator, which would otherwise
+    stall on each read."""
     model.train()
     s1 = cfg.stage1
-    total_loss, correct, seen = 0.0, 0, 0
+    sync_every = 1 if info.device.type == "cpu" else SYNC_EVERY
+    loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
+    correct_sum = torch.zeros((), dtype=torch.long, device=info.device)
+    seen = 0
+
+    def read_loss(step: int, loss: torch.Tensor) -> float:
+        total = float(loss_sum)  # one read from the device (a non-finite loss makes the sum so)
+        if not math.isfinite(total):
+            where = f"step {step + 1}" if sync_every == 1 else f"by step {step + 1}"
+            raise LortError(
+                f"stage 1 loss became {float(loss.detach())} at epoch {epoch + 1} {where}; "
+                f"the last good checkpoint is kept; lower stage1.lr (now {s1.lr})"
+            )
+        return total
+
     t0 = time.perf_counter()
     bar = tqdm(
         total=steps,
@@ -178,11 +201,14 @@ def train_one_epoch(
             fn = model if len(y) == s1.batch_size or eager is None else eager
             logits = fn(x)
             loss = mixed_loss(logits.float(), y, partner, lam, s1.label_smoothing)
-        if not torch.isfinite(loss):
-            raise LortError(
-                f"stage 1 loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
-                f"the last good checkpoint is kept; lower stage1.lr (now {s1.lr})"
-            )
+        n = len(y)
+        loss_sum += loss.detach().double() * n
+        correct_sum += (logits.argmax(1) == y).sum()
+        seen += n
+        if (step + 1) % sync_every == 0:
+            total_loss = read_loss(step, loss)
+            rate = seen / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{rate * info.world_size:.0f}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -191,14 +217,10 @@ def train_one_epoch(
         if s1.max_norm:
             max_norm_(classifier.weight, s1.max_norm)
         failpoint("stage1-step")
-        n = len(y)
-        total_loss += loss.item() * n
-        correct += int((logits.argmax(1) == y).sum())
-        seen += n
-        rate = seen / max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{rate * info.world_size:.0f}")
         bar.update(1)
     bar.close()
+    total_loss = read_loss(step, loss) if seen else 0.0
+    correct = int(correct_sum)
     elapsed = time.perf_counter() - t0
     return {
         "train_loss": total_loss / max(seen, 1),

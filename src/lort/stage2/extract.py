@@ -78,7 +78,14 @@ def split_features(
         gen = torch.Generator().manual_seed(augment_seed) if augment_seed is not None else None
         images = split.images[idx] if world > 1 else split.images
         batches = iterate_batches(
-            images, labels, batch_size, False, gen, aug if augment_seed is not None else None, normalizer=aug
+            images,
+            labels,
+            batch_size,
+            False,
+            gen,
+            aug if augment_seed is not None else None,
+            normalizer=aug,
+            device=device,
         )
     else:
         ds = ImagePathDataset(

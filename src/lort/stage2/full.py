@@ -44,5 +44,6 @@ class BackboneFeatures:
     @torch.no_grad()
     def batch(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:
         self.model.train(self.bn_mode == "train")
-        x = self.augment(torch.from_numpy(np.ascontiguousarray(self.images[idx.cpu().numpy()])), self.gen)
+        raw = torch.from_numpy(np.ascontiguousarray(self.images[idx.cpu().numpy()]))
+        x = self.augment(raw.to(self.device), self.gen)  # on the device; the draws on the CPU
         return self.model.forward_features(x.to(self.device, memory_format=torch.channels_last)).float().cpu()
