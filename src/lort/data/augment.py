@@ -45,10 +45,14 @@ class BatchAugment:
         self.cutout = cutout
         self.mean = torch.tensor(mean, dtype=torch.float32) * 255.0
         self.inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32) * 255.0)
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         dev = images.device
-        x = (images.float() - self.mean.to(dev)) * self.inv_std.to(dev)  # NHWC, broadcast over channels
+        if dev not in self._stats:  # copied to each device once
+            self._stats[dev] = (self.mean.to(dev), self.inv_std.to(dev))
+        mean, inv_std = self._stats[dev]
+        x = (images.float() - mean) * inv_std  # NHWC, broadcast over channels
         return x.permute(0, 3, 1, 2)  # NCHW view of NHWC storage == channels_last
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
