@@ -18,7 +18,7 @@ from lort.models import create_model, list_models
 from lort.models.base import max_norm_
 from lort.runtime.checkpoint import load_model, read_checkpoint
 from lort.runtime.compilation import cpp_compiler
-from lort.stage1.train import cosine_factor, train
+from lort.stage1.train import cosine_factor, lr_factor, step_factor, train
 
 from .conftest import SHARED_CIFAR10, make_cifar_archive
 
@@ -88,6 +88,60 @@ def test_cosine_schedule_with_warmup():
     assert cosine_factor(0, 100, 10) == pytest.approx(0.1)
     assert cosine_factor(10, 100, 10) == pytest.approx(1.0)
     assert cosine_factor(100, 100, 10) == pytest.approx(0.0)
+
+
+def test_step_schedule_decays_after_each_milestone_as_ldam_drw_does():
+    """LDAM-DRW's code: lr * epoch / 5 for epochs 1-5, lr to 160, lr * 0.01 for 161-180, then
+    lr * 1e-4 (epochs counted from 1; here 0-based epoch e starts at step e * 10)."""
+    s1 = load_config(
+        None,
+        {
+            "stage1.warmup_epochs": 5,
+            "stage1.lr_schedule": "step",
+            "stage1.lr_milestones": "160,180",
+            "stage1.lr_decay": 0.01,
+        },
+    ).stage1
+    f = lr_factor(s1, 10)
+    assert f(0) == pytest.approx(1 / 50) and f(49) == pytest.approx(1.0)  # warm-up by step over 5 epochs
+    assert f(50) == 1.0 and f(1599) == 1.0  # epochs 6-160
+    assert f(1600) == pytest.approx(0.01) and f(1799) == pytest.approx(0.01)  # epochs 161-180
+    assert f(1800) == pytest.approx(1e-4) and f(1999) == pytest.approx(1e-4)  # epochs 181-200
+    assert step_factor(25, 10, 0, [2], 0.5) == 0.5 and step_factor(19, 10, 0, [2], 0.5) == 1.0
+    cosine = load_config(None, {"stage1.warmup_epochs": 5}).stage1
+    assert lr_factor(cosine, 10)(1000) == pytest.approx(cosine_factor(1000, 2000, 50))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"stage1.lr_schedule": "linear"}, "stage1.lr_schedule must be one of cosine, step, got 'linear'"),
+        ({"stage1.lr_schedule": "step"}, "stage1.lr_schedule step needs stage1.lr_milestones"),
+        ({"stage1.lr_milestones": "160"}, "are read by lr_schedule step only"),
+        ({"stage1.lr_schedule": "step", "stage1.lr_milestones": "180,160"}, "must be increasing epochs in (0, 200)"),
+        ({"stage1.lr_schedule": "step", "stage1.lr_milestones": "200"}, "must be increasing epochs in (0, 200)"),
+        (
+            {"stage1.lr_schedule": "step", "stage1.lr_milestones": "160", "stage1.lr_decay": 0},
+            "lr_decay must lie in (0, 1]",
+        ),
+    ],
+)
+def test_a_bad_step_schedule_is_refused_with_the_value(overrides, message):
+    with pytest.raises(LortError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value)
+
+
+def test_a_run_follows_its_step_schedule(tmp_path):
+    make_cifar_archive(tmp_path, "cifar10", 50, 1)
+    out = tmp_path / "run"
+    cfg = _small_config(
+        tmp_path,
+        **{"stage1.lr": 0.05, "stage1.lr_schedule": "step", "stage1.lr_milestones": "2", "stage1.lr_decay": 0.1},
+    )
+    train(cfg, out)
+    lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([0.05, 0.05, 0.005])  # each epoch's lr as it starts
 
 
 def _small_config(root, **extra):

@@ -208,6 +208,17 @@ def test_proxy_schedule_scales_the_warmup():
     assert proxy_config(load_config(None, {"stage1.epochs": 8}), 2).stage1.warmup_epochs == 0
 
 
+def test_proxy_schedule_scales_the_milestones_of_a_step_schedule():
+    cfg = load_config(
+        None, {"stage1.lr_schedule": "step", "stage1.lr_milestones": "160,180", "stage1.warmup_epochs": 5}
+    )
+    proxy = proxy_config(cfg, 20).stage1
+    assert (proxy.epochs, proxy.lr_schedule, proxy.lr_milestones, proxy.warmup_epochs) == (20, "step", [16, 18], 1)
+    assert proxy_config(cfg, 4).stage1.lr_milestones == [3]  # 3.2 and 3.6 round to one milestone
+    flat = proxy_config(cfg, 1).stage1  # no milestone fits inside one epoch: the proxy runs cosine
+    assert (flat.lr_schedule, flat.lr_milestones) == ("cosine", [])
+
+
 def test_tune_without_a_validation_split_is_refused(archive, tmp_path):
     with pytest.raises(LortError, match="validation split"):
         tune(_cfg(archive, **{"data.val_per_class": 0}), tmp_path / "t", trials=1, epochs=1, log=lambda m: None)

@@ -23,6 +23,8 @@ from .runtime.compilation import valid_compile_setting
 from .runtime.precision import AMP_MODES
 from .stage2.schedule import DEFAULT_FITS_PER_METHOD, DEFAULT_LRS, DEFAULT_SEEDS, Schedule, check_comparison, check_lrs
 
+LR_SCHEDULES = ("cosine", "step")
+
 
 @dataclass
 class Stage1Config:
@@ -32,7 +34,12 @@ class Stage1Config:
     lr: float = 0.01  # the weight-balancing recipe (tuned for CIFAR-100-LT, ResNet-34)
     momentum: float = 0.9
     weight_decay: float = 5e-3  # the recipe's tuned weight decay
-    warmup_epochs: int = 0  # linear warm-up before the cosine schedule
+    warmup_epochs: int = 0  # linear warm-up before the schedule
+    lr_schedule: str = "cosine"  # cosine (to zero) | step (lr times lr_decay at each of lr_milestones)
+    lr_milestones: list[int] = field(
+        default_factory=list
+    )  # epochs after which a step schedule decays (LDAM-DRW's code: 160, 180)
+    lr_decay: float = 0.1  # factor of a step schedule at each milestone (LDAM-DRW's code: 0.01)
     max_norm: float | None = None  # per-class classifier weight-norm bound after each step
     augment: str = "standard"  # standard (pad-4 crop + flip) | randaugment (Cubuk et al. 2020) | autoaugment (CIFAR-10 policy, Cubuk et al. 2019)
     randaugment_ops: int = 2  # RandAugment N: operations per image
@@ -105,8 +112,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise LortError(f"config key {key}: {value!r} is not a {tp}")
     if origin is list:
         (inner,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, str):  # "a,b,c"; numbers in it are read as YAML reads them
+            value = [v.strip() if inner is str else yaml.safe_load(v) for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
             raise LortError(f"config key {key}: expected a list, got {value!r}")
         return [_coerce(v, inner, key) for v in value]
@@ -219,6 +226,24 @@ def validate(cfg: RunConfig) -> None:
             0 <= s1.warmup_epochs < s1.epochs,
             f"stage1.warmup_epochs must lie in [0, epochs), got {s1.warmup_epochs}",
         ),
+        (
+            s1.lr_schedule in LR_SCHEDULES,
+            f"stage1.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {s1.lr_schedule!r}",
+        ),
+        (
+            s1.lr_schedule == "step" or not s1.lr_milestones,
+            f"stage1.lr_milestones {s1.lr_milestones} are read by lr_schedule step only (now {s1.lr_schedule!r})",
+        ),
+        (
+            s1.lr_schedule != "step" or bool(s1.lr_milestones),
+            "stage1.lr_schedule step needs stage1.lr_milestones (epochs, e.g. 160,180)",
+        ),
+        (
+            all(0 < m < s1.epochs for m in s1.lr_milestones)
+            and all(a < b for a, b in zip(s1.lr_milestones, s1.lr_milestones[1:], strict=False)),
+            f"stage1.lr_milestones must be increasing epochs in (0, {s1.epochs}), got {s1.lr_milestones}",
+        ),
+        (0 < s1.lr_decay <= 1, f"stage1.lr_decay must lie in (0, 1], got {s1.lr_decay}"),
         (s1.max_norm is None or s1.max_norm > 0, f"stage1.max_norm must be > 0, got {s1.max_norm}"),
         (
             s1.augment in AUGMENT_POLICIES,

@@ -57,6 +57,25 @@ def cosine_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def step_factor(step: int, steps_per_epoch: int, warmup: int, milestones: list[int], decay: float) -> float:
+    """The step schedule: after ``warmup`` steps of linear warm-up, ``decay ** k`` where ``k``
+    milestones (in epochs) have passed, so with milestones 160, 180 epochs 161-180 (counted
+    from 1) run at ``decay`` and 181 on at ``decay ** 2`` (as LDAM-DRW's code decays)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    epoch = step // max(1, steps_per_epoch)
+    return decay ** sum(epoch >= m for m in milestones)
+
+
+def lr_factor(s1, steps_per_epoch: int) -> Callable[[int], float]:
+    """The factor of ``stage1.lr`` at each optimizer step, for ``torch.optim.lr_scheduler.LambdaLR``."""
+    total, warm = steps_per_epoch * s1.epochs, steps_per_epoch * s1.warmup_epochs
+    if s1.lr_schedule == "step":
+        milestones, decay = list(s1.lr_milestones), s1.lr_decay
+        return lambda step: step_factor(step, steps_per_epoch, warm, milestones, decay)
+    return lambda step: cosine_factor(step, total, warm)
+
+
 def _shard(n: int, epoch_gen: torch.Generator, info: DistInfo, batch_size: int) -> np.ndarray:
     """This rank's indices of an epoch: one shared permutation, padded, split by rank."""
     order = torch.randperm(n, generator=epoch_gen).numpy()
@@ -330,9 +349,7 @@ def _train(
     if s1.steps_per_epoch:
         steps = min(steps, s1.steps_per_epoch)
     optimizer = torch.optim.SGD(model.parameters(), lr=s1.lr, momentum=s1.momentum, weight_decay=s1.weight_decay)
-    total = steps * s1.epochs
-    warm = steps * s1.warmup_epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total, warm))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(s1, steps))
     scaler = torch.amp.GradScaler("cuda", enabled=s1.amp == "fp16" and info.device.type == "cuda")
     start_epoch, best = 0, {"epoch": None, "val_balanced_acc": -1.0}
     if ckpt is not None:

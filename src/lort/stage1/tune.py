@@ -163,11 +163,18 @@ def with_values(cfg: RunConfig, values: dict) -> RunConfig:
 
 
 def proxy_config(cfg: RunConfig, epochs: int) -> RunConfig:
-    """The trial schedule: ``epochs`` epochs, the warm-up scaled by the same factor."""
+    """The trial schedule: ``epochs`` epochs, the warm-up and a step schedule's milestones
+    scaled by the same factor (milestones that would coincide or fall outside are dropped)."""
     s1 = cfg.stage1
     warm = s1.warmup_epochs
     scaled = 0 if warm == 0 else max(1, round(warm * epochs / s1.epochs))
-    return with_values(cfg, {"stage1.epochs": epochs, "stage1.warmup_epochs": min(scaled, max(epochs - 1, 0))})
+    values = {"stage1.epochs": epochs, "stage1.warmup_epochs": min(scaled, max(epochs - 1, 0))}
+    if s1.lr_schedule == "step":
+        kept = sorted({round(m * epochs / s1.epochs) for m in s1.lr_milestones} & set(range(1, epochs)))
+        values |= (
+            {"stage1.lr_milestones": kept} if kept else {"stage1.lr_schedule": "cosine", "stage1.lr_milestones": []}
+        )
+    return with_values(cfg, values)
 
 
 # Stage-1 keys that slow early learning and pay off late: a short proxy, or a pruner reading the
