@@ -36,10 +36,8 @@ class Stage1Config:
     weight_decay: float = 5e-3  # the recipe's tuned weight decay
     warmup_epochs: int = 0  # linear warm-up before the schedule
     lr_schedule: str = "cosine"  # cosine (to zero) | step (lr times lr_decay at each of lr_milestones)
-    lr_milestones: list[int] = field(
-        default_factory=list
-    )  # epochs after which a step schedule decays (LDAM-DRW's code: 160, 180)
-    lr_decay: float = 0.1  # factor of a step schedule at each milestone (LDAM-DRW's code: 0.01)
+    lr_milestones: list[int] = field(default_factory=list)  # step schedule: decay after these epochs
+    lr_decay: float = 0.1  # factor of a step schedule at each milestone (LDAM-DRW's code: 160, 180 and 0.01)
     max_norm: float | None = None  # per-class classifier weight-norm bound after each step
     augment: str = "standard"  # standard (pad-4 crop + flip) | randaugment (Cubuk et al. 2020) | autoaugment (CIFAR-10 policy, Cubuk et al. 2019)
     randaugment_ops: int = 2  # RandAugment N: operations per image
