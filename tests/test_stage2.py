@@ -308,6 +308,24 @@ def test_compare_fixes_a_methods_hyperparameter_from_the_cli_and_from_yaml(tmp_p
     assert not (tmp_path / "run").exists()
 
 
+def test_augmented_views_count_images_not_feature_rows(tmp_path):
+    """With views > 1 the train split holds every image once per view; shot groups, effective
+    numbers and the reported train counts must still be those of the images."""
+    from lort.data import make_long_tailed, read_cifar
+    from lort.models import create_model
+    from lort.stage2.extract import extract_features
+
+    from .conftest import make_cifar_archive
+
+    make_cifar_archive(tmp_path, "cifar10", 40, 2)
+    ds = make_long_tailed(read_cifar("cifar10", tmp_path), imbalance_ratio=10, max_per_class=30, val_per_class=5)
+    torch.manual_seed(0)
+    fs = extract_features(create_model("resnet32", 10).eval(), ds, views=3)
+    assert len(fs.splits["train"][1]) == 3 * len(ds.train)
+    assert fs.train_counts.tolist() == ds.train_counts.tolist()
+    assert fs.groups.tolist() == ds.groups.tolist()
+
+
 # ----------------------------------------------------------------------------- CLI and bad input
 
 

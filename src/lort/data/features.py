@@ -42,7 +42,12 @@ class FeatureSet:
 
     @property
     def train_counts(self) -> np.ndarray:
-        return np.bincount(self.splits["train"][1], minlength=self.num_classes)
+        """Training images per class. With ``views`` > 1 the train split holds each image once per
+        view (the plain image, then augmented copies), so its label counts are divided by the views:
+        shot groups, effective numbers and priors are of the images, not of the feature rows."""
+        counts = np.bincount(self.splits["train"][1], minlength=self.num_classes)
+        views = int(self.meta.get("views", 1) or 1)
+        return counts // views if views > 1 and not np.any(counts % views) else counts
 
     @property
     def groups(self) -> np.ndarray:
