@@ -1,7 +1,9 @@
 """Full mode: the public reference protocol of stage 2 — augmented images pass through
 the frozen backbone every epoch and only the classifier is optimised. BatchNorm runs in
 eval mode (frozen statistics) or train mode (batch statistics, running averages
-updated, as when the reference code leaves the backbone in train mode)."""
+updated, as when the reference code leaves the backbone in train mode). Validation and test
+features are extracted once, with stage 1's running statistics: in train mode the classifier
+is evaluated on those, not on features under the updated averages as in the reference code."""
 
 from __future__ import annotations
 
