@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from lort.analysis.metrics import grouped_balanced_accuracy
 from lort.cli import main
-from lort.data.features import FeatureSet
+from lort.data.features import FeatureSet, load_features
 from lort.errors import LortError
 from lort.stage2 import (
     METHODS,
@@ -324,6 +324,12 @@ def test_augmented_views_count_images_not_feature_rows(tmp_path):
     assert len(fs.splits["train"][1]) == 3 * len(ds.train)
     assert fs.train_counts.tolist() == ds.train_counts.tolist()
     assert fs.groups.tolist() == ds.groups.tolist()
+    fs.save(tmp_path / "f.npz")  # the views travel with the file
+    assert load_features(tmp_path / "f.npz").train_counts.tolist() == ds.train_counts.tolist()
+    fs.meta["views"] = 2  # 3 rows an image cannot be 2 views of each
+    fs.save(tmp_path / "bad.npz")
+    with pytest.raises(LortError, match=r"bad\.npz: meta_json views = 2, but the train rows are not"):
+        load_features(tmp_path / "bad.npz")
 
 
 # ----------------------------------------------------------------------------- CLI and bad input

@@ -46,8 +46,15 @@ class FeatureSet:
         view (the plain image, then augmented copies), so its label counts are divided by the views:
         shot groups, effective numbers and priors are of the images, not of the feature rows."""
         counts = np.bincount(self.splits["train"][1], minlength=self.num_classes)
-        views = int(self.meta.get("views", 1) or 1)
-        return counts // views if views > 1 and not np.any(counts % views) else counts
+        views = self.views
+        if np.any(counts % views):
+            raise LortError(f"train labels are not {views} views of the same images (meta views = {views})")
+        return counts // views
+
+    @property
+    def views(self) -> int:
+        """Training views per image recorded in the metadata (1 for plain features)."""
+        return int(self.meta.get("views", 1) or 1)
 
     @property
     def groups(self) -> np.ndarray:
@@ -162,4 +169,10 @@ def load_features(path: str | Path) -> FeatureSet:
             meta = json.loads(str(arrays["meta_json"]))
         except ValueError:
             raise LortError(f"{path}: meta_json is not valid JSON") from None
-    return FeatureSet(splits=splits, classes=classes, init_weight=init_w, init_bias=init_b, meta=meta)
+    fs = FeatureSet(splits=splits, classes=classes, init_weight=init_w, init_bias=init_b, meta=meta)
+    views = meta.get("views", 1) if isinstance(meta, dict) else 1
+    if not isinstance(views, int) or views < 1 or np.any(np.bincount(splits["train"][1]) % views):
+        raise LortError(
+            f"{path}: meta_json views = {views!r}, but the train rows are not that many views of each image"
+        )
+    return fs
