@@ -330,6 +330,11 @@ def test_augmented_views_count_images_not_feature_rows(tmp_path):
     fs.save(tmp_path / "bad.npz")
     with pytest.raises(LortError, match=r"bad\.npz: meta_json views = 2, but the train rows are not"):
         load_features(tmp_path / "bad.npz")
+    for views in ("3", 1.5, 0, True):  # not a whole number of views: refused, never read as 1
+        fs.meta["views"] = views
+        fs.save(tmp_path / "bad.npz")
+        with pytest.raises(LortError, match=rf"bad\.npz: meta_json views = {views!r} is not a whole number"):
+            load_features(tmp_path / "bad.npz")
 
 
 # ----------------------------------------------------------------------------- CLI and bad input

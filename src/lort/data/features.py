@@ -48,13 +48,16 @@ class FeatureSet:
         counts = np.bincount(self.splits["train"][1], minlength=self.num_classes)
         views = self.views
         if np.any(counts % views):
-            raise LortError(f"train labels are not {views} views of the same images (meta views = {views})")
+            raise LortError(f"meta_json views = {views}, but the train rows are not that many views of each image")
         return counts // views
 
     @property
     def views(self) -> int:
         """Training views per image recorded in the metadata (1 for plain features)."""
-        return int(self.meta.get("views", 1) or 1)
+        views = self.meta.get("views", 1) if isinstance(self.meta, dict) else 1
+        if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+            raise LortError(f"meta_json views = {views!r} is not a whole number of views (1 or more)")
+        return views
 
     @property
     def groups(self) -> np.ndarray:
@@ -170,9 +173,8 @@ def load_features(path: str | Path) -> FeatureSet:
         except ValueError:
             raise LortError(f"{path}: meta_json is not valid JSON") from None
     fs = FeatureSet(splits=splits, classes=classes, init_weight=init_w, init_bias=init_b, meta=meta)
-    views = meta.get("views", 1) if isinstance(meta, dict) else 1
-    if not isinstance(views, int) or views < 1 or np.any(np.bincount(splits["train"][1]) % views):
-        raise LortError(
-            f"{path}: meta_json views = {views!r}, but the train rows are not that many views of each image"
-        )
+    try:
+        _ = fs.train_counts  # checks the recorded views against the train rows
+    except LortError as exc:
+        raise LortError(f"{path}: {exc}") from None
     return fs
