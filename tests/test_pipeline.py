@@ -37,6 +37,18 @@ def test_pipeline_end_to_end_and_rerun_skips_done_steps(tmp_path, capsys):
         with Image.open(png) as img:
             assert img.format == "PNG" and img.size[0] >= 400 and img.size[1] >= 250, png
     assert result["report"] == out / "report.html"
+    # stage 1 reports its best validation epoch; stage 2 re-trains on the last epoch's features
+    from lort.data.features import load_features
+    from lort.runtime.checkpoint import load_model
+
+    summary = json.loads((out / "stage1" / "summary.json").read_text())
+    assert summary["selected_checkpoint"] == "best.pt" and "test_from" not in summary  # evaluated directly
+    assert json.loads((out / "features.json").read_text())["checkpoint"] == "last.pt"
+    last, _ = load_model(out / "stage1" / "last.pt")
+    np.testing.assert_array_equal(
+        load_features(out / "features.npz").init_weight, last.get_classifier().weight.detach()
+    )
+    assert "stage 2 re-trains on the features of stage1/last.pt" in (out / "report.md").read_text()
     stamp = {
         p: p.stat().st_mtime_ns
         for p in [
@@ -53,6 +65,12 @@ def test_pipeline_end_to_end_and_rerun_skips_done_steps(tmp_path, capsys):
     run_pipeline(_cfg(tmp_path), out, "lort run test")
     assert (out / "features.npz").read_bytes() == data
     assert json.loads((out / "commands.json").read_text()) == ["lort run test"] * 3
+    # a folder that kept only best.pt (as committed result folders do): one error naming the missing file
+    (out / "stage1" / "last.pt").unlink()
+    from lort.errors import LortError
+
+    with pytest.raises(LortError, match=r"last\.pt: missing, and stage 2 starts from it .* lort compare --checkpoint"):
+        run_pipeline(_cfg(tmp_path), out, "lort run test")
 
 
 def test_stage1_test_report_from_the_features_matches_a_direct_evaluation(tmp_path, monkeypatch):
@@ -70,7 +88,7 @@ def test_stage1_test_report_from_the_features_matches_a_direct_evaluation(tmp_pa
     from lort.stage1.train import predict
 
     make_cifar_archive(tmp_path, "cifar10", 50, 5)
-    cfg = _cfg(tmp_path, **{"stage2.methods": ["ce"], "stage2.sweep": False})
+    cfg = _cfg(tmp_path, **{"stage2.methods": ["ce"], "stage2.sweep": False, "stage2.checkpoint": "best"})
     # as on a CPU without native bf16, whatever this one has: extraction and the shortcut's rule
     # both read the capability, so the extracted features are the fp32 pass the shortcut assumes
     no_bf16 = dataclasses.replace(precision.cpu_capability(), avx512_bf16=False, amx_bf16=False)
@@ -88,6 +106,14 @@ def test_stage1_test_report_from_the_features_matches_a_direct_evaluation(tmp_pa
     np.testing.assert_allclose(from_features, logits, rtol=1e-4, atol=1e-4)  # the same numbers, up to kernel rounding
     assert np.array_equal(y, ds.test.labels)
     assert summary["test"] == accuracy_report(from_features, y, ds.train_counts)
+
+
+def test_stage2_checkpoint_is_last_or_best():
+    from lort.errors import LortError
+
+    assert load_config(None, {}).stage2.checkpoint == "last"
+    with pytest.raises(LortError, match="stage2.checkpoint must be one of last, best, got 'middle'"):
+        load_config(None, {"stage2.checkpoint": "middle"})
 
 
 def test_pipeline_refuses_a_folder_holding_a_different_run(tmp_path, capsys):

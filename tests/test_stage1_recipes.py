@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,3 +168,51 @@ def test_stage1_seed_replicates_must_differ_in_the_seed_alone(tmp_path):
     same = _run("--out", tmp_path / "x", "--stage1-seed", str(SEEDS30[1]), "--stage1-seed", str(SEEDS30[1]), f"ce={CE}")
     assert same.returncode == 2 and "distinct seeds" in same.stderr
     assert not (tmp_path / "x.md").exists()
+
+
+RULE = ROOT / "benchmarks" / "stage1_checkpoint_rule.py"
+
+
+def test_the_development_split_takes_only_unseen_images_and_names_short_classes():
+    sys.path.insert(0, str(RULE.parent))
+    try:
+        from stage1_checkpoint_rule import dev_indices
+    finally:
+        sys.path.remove(str(RULE.parent))
+    labels = np.repeat(np.arange(3), [10, 6, 8])
+    used = np.array([0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 16])  # class 0 keeps 2 unseen, 1 keeps 4, 2 keeps 7
+    idx, left_out = dev_indices(labels, used, 4, seed=0)
+    assert left_out == [0] and not np.isin(idx, used).any()
+    assert np.bincount(labels[idx], minlength=3).tolist() == [0, 4, 4]
+    assert np.array_equal(idx, dev_indices(labels, used, 4, seed=0)[0])  # seeded
+
+
+def test_the_checkpoint_rule_study_compares_both_checkpoints_on_unseen_images(tmp_path):
+    from lort.config import load_config
+    from lort.stage1.train import train
+
+    from .conftest import make_cifar_archive
+
+    make_cifar_archive(tmp_path, "cifar10", 24, 3)  # the head class trains on 20 and validates on 4: none unseen
+    cfg = load_config(None, {
+        "data.root": str(tmp_path), "data.max_per_class": 20, "data.imbalance_ratio": 10, "data.val_per_class": 4,
+        "stage1.epochs": 2, "stage1.batch_size": 16, "stage1.eval_batch_size": 64,
+    })  # fmt: skip
+    train(cfg, tmp_path / "run" / "stage1")
+    out = tmp_path / "study"
+    done = subprocess.run([sys.executable, str(RULE), "--out", str(out), "--root", str(tmp_path), "--dev-per-class", "5",
+                           "--methods", "ce,lort", "--seeds", "1", str(tmp_path / "run")],
+                          cwd=RULE.parent, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads((out / "summary.json").read_text())
+    assert row["dev_images"] == 5 * 9 and len(row["dev_classes_left_out"]) == 1
+    for name, epoch in (("best", row["best_epoch"]), ("last", 2)):
+        got = row["checkpoints"][name]
+        board = json.loads((out / "run" / f"compare_{name}" / "leaderboard.json").read_text())
+        assert got["epoch"] == epoch and set(got["methods"]) == {"ce", "lort"}
+        assert got["pick"] == board["statistics"]["reference"]
+        assert got["methods"]["ce"]["dev"] == next(r["test_acc"] for r in board["results"] if r["method"] == "ce")
+    assert "| run | best epoch |" in (out / "summary.md").read_text()
+    missing = subprocess.run([sys.executable, str(RULE), "--out", str(tmp_path / "x"), str(tmp_path / "nowhere")],
+                             cwd=RULE.parent, capture_output=True, text=True)  # fmt: skip
+    assert missing.returncode == 2 and "nowhere" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1

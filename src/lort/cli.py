@@ -268,7 +268,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from .stage2.workflow import features_from_checkpoint, features_from_module_file
 
     if bool(args.checkpoint) == bool(args.model):
-        raise LortError(f"give exactly one of --checkpoint RUN/best.pt or --model FILE ({MODEL_FORMATS})")
+        raise LortError(f"give exactly one of --checkpoint RUN/last.pt or --model FILE ({MODEL_FORMATS})")
     if not args.model and (args.layer or args.input_size or args.normalize or args.mean or args.std):
         raise LortError(
             "--layer, --input-size, --normalize, --mean and --std apply to --model files only "
@@ -555,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write frozen features to .npz: a lort checkpoint's dataset, or any dataset through your own model file",
         description="Under torchrun each process extracts a shard and the first writes the file.",
     )
-    ex.add_argument("--checkpoint", help="lort stage-1 checkpoint (e.g. RUN/best.pt): its own dataset is used")
+    ex.add_argument("--checkpoint", help="lort stage-1 checkpoint (e.g. RUN/last.pt): its own dataset is used")
     ex.add_argument(
         "--model",
         help="your model file: a torch.export program (.pt2) or TorchScript file (its output = the features), "

@@ -24,6 +24,7 @@ from .runtime.precision import AMP_MODES
 from .stage2.schedule import DEFAULT_FITS_PER_METHOD, DEFAULT_LRS, DEFAULT_SEEDS, Schedule, check_comparison, check_lrs
 
 LR_SCHEDULES = ("cosine", "step")
+STAGE2_CHECKPOINTS = ("last", "best")  # last.pt (the end of the schedule) or best.pt (stage 1's best validation epoch)
 
 
 @dataclass
@@ -62,6 +63,9 @@ class Stage1Config:
 class Stage2Config:
     methods: list[str] = field(default_factory=lambda: ["all"])  # names from `lort methods`, or all
     params: dict = field(default_factory=dict)  # {method: {hyperparameter: value or list to search}}
+    checkpoint: str = (
+        "last"  # stage-1 checkpoint the features come from: last (end of schedule) | best (best val epoch)
+    )
     views: int = 1  # training views in the feature cache (1 = plain images)
     epochs: int = Schedule.epochs  # re-training epochs (validation after each)
     batch_size: int = Schedule.batch_size  # re-training batch size
@@ -274,6 +278,10 @@ def validate(cfg: RunConfig) -> None:
             f"data.imbalance_ratio must be >= 1, got {cfg.data.imbalance_ratio}",
         ),
         (cfg.stage2.views >= 1, f"stage2.views must be >= 1, got {cfg.stage2.views}"),
+        (
+            cfg.stage2.checkpoint in STAGE2_CHECKPOINTS,
+            f"stage2.checkpoint must be one of {', '.join(STAGE2_CHECKPOINTS)}, got {cfg.stage2.checkpoint!r}",
+        ),
     ]
     for ok, message in checks:
         if not ok:

@@ -80,16 +80,32 @@ def run_pipeline(cfg: RunConfig, out: str | Path, command: str | None = None) ->
     write_json(run.dataset, ds.summary() | {"classes": ds.classes})
 
     _log("2/6 stage 1 (resumes if interrupted)")
-    s1 = train(cfg, run.stage1.root, resume=True, dataset=ds, evaluate_test=not _test_from_features(cfg))
+    # stage 1 reports its best validation epoch; stage 2 starts from stage2.checkpoint (the last
+    # epoch by default), so stage 1's test figure comes from the features only when they coincide
+    s1 = train(
+        cfg,
+        run.stage1.root,
+        resume=True,
+        dataset=ds,
+        evaluate_test=not (_test_from_features(cfg) and cfg.stage2.checkpoint == "best"),
+    )
     if int(os.environ.get("RANK", "0")) != 0:
         return {}
-    ckpt = run.stage1 / s1["selected_checkpoint"]
+    ckpt = run.stage1.last if cfg.stage2.checkpoint == "last" else run.stage1 / s1["selected_checkpoint"]
+    if not ckpt.is_file():  # a folder that kept only best.pt (as committed result folders do)
+        raise LortError(
+            f"{ckpt}: missing, and stage 2 starts from it (stage2.checkpoint = {cfg.stage2.checkpoint}); "
+            f"to run stage 2 from {run.stage1.best.name} instead: lort compare --checkpoint {run.stage1.best} --out DIR"
+        )
     ckpt_sha = sha256_file(ckpt)
 
-    _log("3/6 feature cache")
+    _log(f"3/6 feature cache (stage 2 starts from stage1/{ckpt.name}: stage2.checkpoint = {cfg.stage2.checkpoint})")
     feats = run.features
     meta = _valid_json(
-        run.features_meta, checkpoint_sha256=ckpt_sha, views=cfg.stage2.views, tta_flip=cfg.stage2.tta_flip
+        run.features_meta,
+        checkpoint_sha256=ckpt_sha,
+        views=cfg.stage2.views,
+        tta_flip=cfg.stage2.tta_flip,
     )
     if meta is None or not feats.is_file() or sha256_file(feats) != meta.get("sha256"):
         fs = features_from_checkpoint(
@@ -99,6 +115,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path, command: str | None = None) ->
         write_json(
             run.features_meta,
             {
+                "checkpoint": ckpt.name,
                 "checkpoint_sha256": ckpt_sha,
                 "views": cfg.stage2.views,
                 "tta_flip": cfg.stage2.tta_flip,

@@ -209,6 +209,11 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
             f"{s1['model']}, {s1['epochs']} epochs, checkpoint {s1['selected_checkpoint']} (epoch {s1['selected_epoch']}, "
             f"{s1['selected_by']}); stage-1 test accuracy {100 * s1['test']['acc']:.2f}%"
         )
+        started = (
+            json.loads(layout.features_meta.read_text()).get("checkpoint") if layout.features_meta.is_file() else None
+        )
+        if started:
+            backbone += f"; stage 2 re-trains on the features of stage1/{started}"
     config = layout.config.read_text() if layout.config.is_file() else ""
     commands = json.loads(layout.commands.read_text()) if layout.commands.is_file() else []
     notes = [

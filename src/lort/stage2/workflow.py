@@ -359,9 +359,9 @@ def load_feature_source(
     bn_mode: str = "eval",
     seed: int = 0,
 ) -> FeatureSource:
-    """The representation of ``--features FILE`` or ``--checkpoint RUN/best.pt``."""
+    """The representation of ``--features FILE`` or ``--checkpoint RUN/last.pt``."""
     if bool(features) == bool(checkpoint):
-        raise LortError("give exactly one of --features FILE.npz or --checkpoint RUN/best.pt")
+        raise LortError("give exactly one of --features FILE.npz or --checkpoint RUN/last.pt")
     if mode not in ("cache", "full"):
         raise LortError(f"mode must be cache or full, got {mode!r}")
     if features:
