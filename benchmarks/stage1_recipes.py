@@ -28,6 +28,7 @@ deviation of about sqrt(2) sd, so a ratio under 2 is within what the seed alone 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 from pathlib import Path
@@ -71,7 +72,23 @@ def read_run(paths: str, what: str) -> dict:
         config = yaml.safe_load(config_path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise LortError(f"{config_path}: cannot read it ({type(exc).__name__})") from None
-    return {"run": str(run), "compare": str(compare), "config": config, "stage1": stage1, "board": board}
+    return {
+        "run": str(run),
+        "compare": str(compare),
+        "config": config,
+        "stage1": stage1,
+        "board": board,
+        "stage2_from": _stage2_checkpoint(run),
+    }
+
+
+def _stage2_checkpoint(run: Path) -> str:
+    """The stage-1 checkpoint of the run's stage 2, as ``RUN/features.json`` records it; runs
+    made before it was recorded (and comparisons on extracted features) started from best.pt."""
+    try:
+        return json.loads((run / "features.json").read_text()).get("checkpoint") or "best.pt"
+    except (OSError, ValueError):
+        return "best.pt"
 
 
 def read_recipe(spec: str) -> dict:
@@ -157,6 +174,7 @@ def summarise(recipes: list[dict], spread: dict | None = None) -> dict:
                 "stage1_test": round(100 * s1["test"]["acc"], 2),
                 "stage1_many": round(100 * s1["test"]["many"], 2),
                 "stage1_medium": round(100 * s1["test"]["medium"], 2),
+                "stage2_from": rec["stage2_from"],
                 "reference": ref,
                 "reference_test": ref_row["test_acc"],
                 "lort_test": lort["test_acc"] if lort else None,
@@ -198,19 +216,22 @@ def markdown(summary: dict, command: str) -> str:
         f"Made by `{command}` from the run folders named below (nothing trained or chosen here).",
         "Accuracies in %, the JPEG copy of CIFAR-10; every choice on validation (20 images a class);",
         "stage-2 figures are means over the stage-2 seeds; tiers and intervals are each leaderboard's",
-        "(simultaneous 95%, against the method validation picks).",
+        "(simultaneous 95%, against the method validation picks). Stage 2 from: the stage-1 checkpoint",
+        "whose features stage 2 re-trained on (best.pt, stage 1's best validation epoch, was `lort run`'s",
+        "rule before `stage2.checkpoint: last`; see results/stage1_checkpoint_rule/).",
         "",
         "| recipe | stage 1 differs from the first row in | stage 1 val (balanced) | stage 1 test | many | medium "
-        "| validation's pick | its test | LORT (default) | LORT - pick [95% CI] | LORT tier | CE re-training "
-        "| highest test (information) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| stage 2 from | validation's pick | its test | LORT (default) | LORT - pick [95% CI] | LORT tier "
+        "| CE re-training | highest test (information) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rec:
         differs = ", ".join(f"{k}={v}" for k, v in r["differs"].items()) or "(the first row)"
         ci = "–" if r["lort_ci"] is None else f"{r['lort_diff']:+.2f} [{r['lort_ci'][0]:+.2f}, {r['lort_ci'][1]:+.2f}]"
         lines.append(
             f"| {r['label']} | {differs} | {_fmt(r['stage1_val_balanced'])} | {_fmt(r['stage1_test'])} "
-            f"| {_fmt(r['stage1_many'])} | {_fmt(r['stage1_medium'])} | {r['reference']} | {_fmt(r['reference_test'])} "
+            f"| {_fmt(r['stage1_many'])} | {_fmt(r['stage1_medium'])} | {r['stage2_from']} | {r['reference']} "
+            f"| {_fmt(r['reference_test'])} "
             f"| {_fmt(r['lort_test'])} | {ci} | {r['lort_tier'] or '–'} | {_fmt(r['ce_test'])} "
             f"| {r['best_method']} {_fmt(r['best_test'])} |"
         )

@@ -36,6 +36,15 @@ def test_the_table_holds_each_runs_own_figures_and_what_its_stage_1_changed(tmp_
         assert (row["lort_test"], row["lort_ci"]) == (lort["test_acc"], lort["diff_ci"])
         assert row["best_test"] == max(r["test_acc"] for r in board["results"])
     assert summary["recipes"][0]["differs"] == {}
+    assert [r["stage2_from"] for r in summary["recipes"]] == ["best.pt", "best.pt"]  # made before it was recorded
+    later = tmp_path / "later"
+    shutil.copytree(AA, later, ignore=shutil.ignore_patterns("*.npz", "*.png", "*.pt"))
+    (later / "features.json").write_text(json.dumps({"checkpoint": "last.pt"}))
+    assert _run("--out", tmp_path / "again", f"ce={CE}", f"later={later}").returncode == 0
+    assert [r["stage2_from"] for r in json.loads((tmp_path / "again.json").read_text())["recipes"]] == [
+        "best.pt",
+        "last.pt",
+    ]
     assert summary["recipes"][1]["differs"] == {"augment": "autoaugment", "cutout": 16}
     assert set(summary["per_method"]) >= {"ce", "lort", "crt", "lws", "tau_norm"}
     change = summary["per_method"]["ce"]["aa"]["test"] - summary["per_method"]["ce"]["ce"]["test"]
