@@ -140,12 +140,13 @@ def test_every_output_folder_records_seed_and_library_versions(archive, tmp_path
     assert meta["environment"]["torch"] == torch.__version__
 
 
-def test_same_features_and_seed_give_identical_stage2_results(archive, tmp_path):
+def test_same_features_and_seed_give_identical_stage2_results(archive, tmp_path, capsys):
     config = tmp_path / "cfg.yaml"
     config.write_text(dump_yaml(load_config(None, {"data.root": str(archive), **STAGE1, "stage1.epochs": 1})))
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "s1")]) == 0
+    assert f"lort extract --checkpoint {tmp_path / 's1' / 'last.pt'}" in capsys.readouterr().out  # as lort run does
     feats = tmp_path / "f.npz"
-    assert main(["extract", "--checkpoint", str(tmp_path / "s1" / "best.pt"), "--out", str(feats)]) == 0
+    assert main(["extract", "--checkpoint", str(tmp_path / "s1" / "last.pt"), "--out", str(feats)]) == 0
     for name in ("a", "b"):
         assert main(["compare", "--features", str(feats), "--epochs", "3", "--out", str(tmp_path / name)]) == 0
     assert _leaderboard_rows(tmp_path / "a" / "leaderboard.json") == _leaderboard_rows(

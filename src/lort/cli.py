@@ -178,6 +178,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{summary['selected_by']}); test acc {t['acc']:.4f} "
             f"(many {_pct(t['many'])}, medium {_pct(t['medium'])}, few {_pct(t['few'])}); {args.out}"
         )
+        print(f"stage 2 (as lort run): lort extract --checkpoint {Path(args.out) / 'last.pt'} --out FEATURES.npz")
     return 0
 
 
