@@ -63,9 +63,7 @@ class Stage1Config:
 class Stage2Config:
     methods: list[str] = field(default_factory=lambda: ["all"])  # names from `lort methods`, or all
     params: dict = field(default_factory=dict)  # {method: {hyperparameter: value or list to search}}
-    checkpoint: str = (
-        "last"  # stage-1 checkpoint the features come from: last (end of schedule) | best (best val epoch)
-    )
+    checkpoint: str = "last"  # stage-1 checkpoint of the features: last | best (best validation epoch)
     views: int = 1  # training views in the feature cache (1 = plain images)
     epochs: int = Schedule.epochs  # re-training epochs (validation after each)
     batch_size: int = Schedule.batch_size  # re-training batch size
