@@ -42,3 +42,29 @@ def finished_stage1(run: Path) -> dict:
     if "test" not in summary:
         raise LortError(f"{path}: no test report; is stage 1 finished?")
     return summary
+
+
+def cifar_checkpoint_data(path, ckpt: dict, root: str | None):
+    """The CIFAR data a stage-1 checkpoint was trained on, rebuilt from its recorded data config.
+
+    ``root`` (when given) replaces the recorded data folder. Returns ``(config, raw, dataset,
+    unused)``: the data config, the raw CIFAR archive's splits (``read_cifar``), the long-tailed
+    dataset stage 1 used, and the indices of the raw training images that stage 1 neither trained
+    nor validated on (sorted). A checkpoint of another dataset is a one-line error naming it.
+    """
+    import numpy as np
+
+    from lort.data.config import DataConfig, build_dataset
+    from lort.data.readers import read_cifar
+
+    data = dict(ckpt["config"]["data"])
+    if root is not None:
+        data["root"] = root
+    cfg = DataConfig(**data)
+    if cfg.dataset not in ("cifar10", "cifar100"):
+        raise LortError(f"{path}: a CIFAR checkpoint is needed, this one is of {cfg.dataset!r}")
+    raw = read_cifar(cfg.dataset, cfg.root)
+    ds = build_dataset(cfg)
+    used = np.concatenate([ds.train.source_index] + ([ds.val.source_index] if ds.val is not None else []))
+    unused = np.setdiff1d(np.arange(len(raw.splits["train"])), used)
+    return cfg, raw, ds, unused

@@ -30,16 +30,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _common import default_root, read_run_json, run_main
+from _common import cifar_checkpoint_data, default_root, read_run_json, run_main
 
 CHECKPOINTS = ("best", "last")
 
 
-def dev_indices(labels: np.ndarray, used: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, list[int]]:
-    """``per_class`` seeded unseen training images of each class that has that many, and the
-    classes left out."""
+def dev_indices(labels: np.ndarray, unseen: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, list[int]]:
+    """``per_class`` seeded images of ``unseen`` (indices into ``labels``) from each class that has
+    that many, and the classes left out."""
     rng = np.random.default_rng(seed)
-    unseen = np.setdiff1d(np.arange(len(labels)), used)
     picked, left_out = [], []
     for c in range(int(labels.max()) + 1):
         pool = unseen[labels[unseen] == c]
@@ -74,9 +73,7 @@ def main() -> None:
 
     import torch
 
-    from lort.data.config import DataConfig, build_dataset
     from lort.data.features import FeatureSet
-    from lort.data.readers import read_cifar
     from lort.errors import LortError
     from lort.runtime.checkpoint import load_model
     from lort.stage2.extract import split_features
@@ -94,17 +91,10 @@ def main() -> None:
         for name, path in paths.items():
             model, ckpt = load_model(path)
             if data is None:
-                data = dict(ckpt["config"]["data"])
-                recorded = dict(data)
-                if args.root is not None:
-                    data["root"] = args.root
-                cfg = DataConfig(**data)
-                if cfg.dataset not in ("cifar10", "cifar100"):
-                    raise LortError(f"{path}: a CIFAR checkpoint is needed, this one is of {cfg.dataset!r}")
-                raw_train = read_cifar(cfg.dataset, cfg.root).splits["train"]
-                ds = build_dataset(cfg)
-                used = np.concatenate([ds.train.source_index, ds.val.source_index])
-                dev, left_out = dev_indices(raw_train.labels, used, args.dev_per_class, args.seed)
+                data = recorded = dict(ckpt["config"]["data"])
+                _, raw, ds, unseen = cifar_checkpoint_data(path, ckpt, args.root)
+                raw_train = raw.splits["train"]
+                dev, left_out = dev_indices(raw_train.labels, unseen, args.dev_per_class, args.seed)
                 dev_split = raw_train.subset(dev)
                 row["dev_images"] = len(dev)
                 row["dev_classes_left_out"] = [ds.classes[c] for c in left_out]

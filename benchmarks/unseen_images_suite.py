@@ -25,7 +25,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from _common import default_root, run_main
+from _common import cifar_checkpoint_data, default_root, run_main
 
 
 def plan_set(labels: np.ndarray, unseen: np.ndarray, order: str, ratio: float, val_per_class: int,
@@ -76,26 +76,14 @@ def main() -> None:
 
     import torch
 
-    from lort.data.config import DataConfig, build_dataset
     from lort.data.features import FeatureSet
-    from lort.data.readers import read_cifar
     from lort.data.splits import Split
-    from lort.errors import LortError
     from lort.runtime.checkpoint import load_model
     from lort.stage2.extract import split_features
 
     model, ckpt = load_model(args.checkpoint)
-    data = dict(ckpt["config"]["data"])
-    if args.root is not None:
-        data["root"] = args.root
-    cfg = DataConfig(**data)
-    if cfg.dataset not in ("cifar10", "cifar100"):
-        raise LortError(f"{args.checkpoint}: a CIFAR checkpoint is needed, this one is of {cfg.dataset!r}")
-    raw = read_cifar(cfg.dataset, cfg.root)
-    ds = build_dataset(cfg)
+    _, raw, ds, unseen = cifar_checkpoint_data(args.checkpoint, ckpt, args.root)
     src_train, src_test = raw.splits["train"], raw.splits["test"]
-    used = np.concatenate([ds.train.source_index] + ([ds.val.source_index] if ds.val is not None else []))
-    unseen = np.setdiff1d(np.arange(len(src_train)), used)
     model = model.eval().to(memory_format=torch.channels_last)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -190,10 +190,11 @@ def test_the_development_split_takes_only_unseen_images_and_names_short_classes(
         sys.path.remove(str(RULE.parent))
     labels = np.repeat(np.arange(3), [10, 6, 8])
     used = np.array([0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 16])  # class 0 keeps 2 unseen, 1 keeps 4, 2 keeps 7
-    idx, left_out = dev_indices(labels, used, 4, seed=0)
+    unseen = np.setdiff1d(np.arange(len(labels)), used)
+    idx, left_out = dev_indices(labels, unseen, 4, seed=0)
     assert left_out == [0] and not np.isin(idx, used).any()
     assert np.bincount(labels[idx], minlength=3).tolist() == [0, 4, 4]
-    assert np.array_equal(idx, dev_indices(labels, used, 4, seed=0)[0])  # seeded
+    assert np.array_equal(idx, dev_indices(labels, unseen, 4, seed=0)[0])  # seeded
 
 
 def test_the_checkpoint_rule_study_compares_both_checkpoints_on_unseen_images(tmp_path):
