@@ -318,11 +318,49 @@ def test_data_plot_writes_a_png(tmp_path, capsys):
 
 
 def test_profile_none_keeps_the_source_distribution_minus_validation(tmp_path):
-    root = make_image_tree(tmp_path / "tree", {"a": (30, 1), "b": (8, 1), "c": (2, 1)})
+    """Validation takes at most half of a class: a tail class of 8 keeps 4 training images, not 3
+    (and a class of 20, not 1 of its 20)."""
+    root = make_image_tree(tmp_path / "tree", {"a": (30, 1), "b": (8, 1), "c": (2, 1), "d": (1, 1)})
     ds = make_long_tailed(read_image_folder(root), profile="none", val_per_class=5)
-    assert ds.train_counts.tolist() == [25, 3, 1]
-    assert ds.val.counts(3).tolist() == [5, 5, 1]
+    assert ds.train_counts.tolist() == [25, 4, 1, 1]
+    assert ds.val.counts(4).tolist() == [5, 4, 1, 0]
     assert not set(ds.train.source_index) & set(ds.val.source_index)
+    assert ds.info["val_shortfall"] == ["b", "c", "d"] and "never more than half" in ds.info["val_source"]
+    line = ds.describe()
+    assert "train 31 images (25 to 1 a class, the source's own class distribution)" in line
+    assert "validation 10" in line and "fewer than 5 for b, c, d" in line
+
+
+def test_an_image_folder_with_its_own_val_split_validates_on_it(tmp_path):
+    """A user's val/ folder is the validation split whatever the profile; no training image is
+    held out for validation then."""
+    root = make_image_tree(tmp_path / "tree", {"a": (30, 1), "b": (8, 1)})
+    for cls, n in (("a", 3), ("b", 2)):
+        (root / "val" / cls).mkdir(parents=True)
+        for f in sorted((root / "test" / cls).iterdir())[:1]:
+            for i in range(n):
+                (root / "val" / cls / f"{i}.png").write_bytes(f.read_bytes())
+    raw = read_image_folder(root)
+    none = make_long_tailed(raw, profile="none", val_per_class=5)
+    assert none.train_counts.tolist() == [30, 8] and none.val.counts(2).tolist() == [3, 2]
+    assert none.info["val_source"] == "the source's own val/ split" and none.info["val_shortfall"] == []
+    exp = make_long_tailed(raw, imbalance_ratio=5, max_per_class=20, val_per_class=5)
+    assert exp.train_counts.tolist() == [20, 4] and exp.val.counts(2).tolist() == [3, 2]
+    line = exp.describe()
+    assert "profile exp, imbalance ratio 5: 14 of the folder's 38 training images left out, --profile none" in line
+
+
+def test_a_subsampled_benchmark_is_described_without_the_user_folder_hint(tmp_path):
+    ds = make_long_tailed(_raw(tmp_path), imbalance_ratio=10, max_per_class=50, val_per_class=2)
+    line = ds.describe()
+    assert line.startswith("data: cifar10, ") and "profile exp, imbalance ratio 10)" in line
+    assert "--profile none" not in line
+
+
+def test_a_profile_that_asks_for_more_images_than_a_folder_has_names_the_folder_and_profile_none(tmp_path):
+    root = make_image_tree(tmp_path / "tree", {"a": (30, 1), "b": (2, 1)})
+    with pytest.raises(LortError, match=r"tree: class 'b' has 2 training images, .* profile none"):
+        make_long_tailed(read_image_folder(root), imbalance_ratio=2)
 
 
 def test_dataset_summary_records_the_measured_imbalance_ratio(tmp_path):
@@ -333,3 +371,18 @@ def test_dataset_summary_records_the_measured_imbalance_ratio(tmp_path):
     assert s["imbalance_ratio"] == round(max(counts) / min(counts), 2) and s["imbalance_ratio_requested"] == 10.0
     none = make_long_tailed(raw, profile="none", val_per_class=2).summary()
     assert none["imbalance_ratio"] == 1.0 and none["imbalance_ratio_requested"] is None  # CIFAR is balanced
+
+
+def test_lort_train_takes_profile_none_and_says_what_the_data_holds(tmp_path, capsys):
+    """--profile is a shortcut of lort train/run/tune; the run's log opens with the data line."""
+    import json
+
+    root = make_image_tree(tmp_path / "tree", {"a": (24, 2), "b": (6, 2)})
+    code = main(["train", "--dataset", "imagefolder", "--root", str(root), "--profile", "none", "--epochs", "1",
+                 "--batch-size", "8", "--set", "stage1.eval_batch_size=16", "--out", str(tmp_path / "run")])  # fmt: skip
+    assert code == 0
+    summary = json.loads((tmp_path / "run" / "dataset.json").read_text())
+    assert summary["profile"] == "none" and summary["train_counts"] == [12, 3]  # half of each class validates
+    assert "data: tree, 2 classes; train 15 images (12 to 3 a class, the source's own class distribution)" in (
+        capsys.readouterr().out
+    )

@@ -13,6 +13,7 @@ from .errors import LortError
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     from .data import DATASETS, DataConfig
+    from .data.profiles import PROFILES
 
     d = DataConfig()  # the defaults' one owner
     g = p.add_argument_group("data")
@@ -24,7 +25,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         default=d.imbalance_ratio,
         help=f"n_max / n_min (default {d.imbalance_ratio:g})",
     )
-    g.add_argument("--profile", default=d.profile, choices=("exp", "step", "none"), help="imbalance profile")
+    g.add_argument("--profile", default=d.profile, choices=PROFILES, help="imbalance profile")
     g.add_argument("--max-per-class", type=int, help="n_max (default: all images of the largest class)")
     g.add_argument(
         "--selection",
@@ -123,10 +124,13 @@ SHORTCUTS = {
     "dataset": "data.dataset",
     "root": "data.root",
     "imbalance_ratio": "data.imbalance_ratio",
+    "profile": "data.profile",
 }
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
+    from .data.profiles import PROFILES
+
     p.add_argument("--config", help="YAML config (sections data, stage1, stage2); see configs/")
     p.add_argument(
         "--set",
@@ -146,6 +150,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", help="data.dataset")
     g.add_argument("--root", help="data.root (default: $LORT_DATA)")
     g.add_argument("--imbalance-ratio", type=float, help="data.imbalance_ratio")
+    g.add_argument("--profile", choices=PROFILES, help="data.profile (none: your folder's own class distribution)")
 
 
 def _run_config(args: argparse.Namespace):

@@ -77,6 +77,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path, command: str | None = None) ->
 
     _log("1/6 data")
     ds = build_dataset(cfg.data)
+    _log(f"   {ds.describe()}")
     write_json(run.dataset, ds.summary() | {"classes": ds.classes})
 
     _log("2/6 stage 1 (resumes if interrupted)")

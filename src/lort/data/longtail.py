@@ -65,6 +65,27 @@ class LongTailedDataset:
             **self.info,
         }
 
+    def describe(self) -> str:
+        """One line for a run's log: what the splits hold and how the training split was made."""
+        s = self.summary()
+        counts = s["train_counts"]
+        made = ""
+        source_size = s.get("source_train_size")
+        if s.get("profile") in ("exp", "step"):
+            left = (source_size or 0) - s["train_size"] - s["val_size"] * (s.get("val_source") is None)
+            made = f", profile {s['profile']}, imbalance ratio {s['imbalance_ratio_requested']:g}"
+            if left > 0 and self.name not in BENCHMARK_SOURCES:  # a user's own folder, subsampled
+                made += f": {left} of the folder's {source_size} training images left out, --profile none keeps them"
+        elif s.get("profile") == "none":
+            made = ", the source's own class distribution"
+        val = f"validation {s['val_size']}" + (f" ({s['val_source']})" if s.get("val_source") else "")
+        if s.get("val_shortfall"):
+            val += f", fewer than {s['val_per_class']} for {', '.join(s['val_shortfall'])}"
+        return (
+            f"data: {s['dataset']}, {s['num_classes']} classes; train {s['train_size']} images "
+            f"({max(counts)} to {min(counts)} a class{made}); {val}; test {s['test_size']}"
+        )
+
 
 def _hold_out(train, k: int, per_class: int, rng: np.random.Generator):
     """A balanced validation split drawn (seeded) from ``train``: ``min(per_class, n_c // 2)``
@@ -82,6 +103,8 @@ def _hold_out(train, k: int, per_class: int, rng: np.random.Generator):
 
 # The long-tail construction's defaults, written once: DataConfig and the command line read them.
 IMBALANCE_RATIO = 100.0
+# Sources that are balanced benchmarks, made long-tailed by the profile on purpose.
+BENCHMARK_SOURCES = ("cifar10", "cifar100")
 PROFILE = "exp"
 SELECTION = "first"
 SPLIT_SEED = 0
@@ -110,7 +133,11 @@ def make_long_tailed(
     a smaller ``max_per_class`` for a validation split balanced over every class.
 
     Profile ``none`` keeps the source's own class distribution (every image but the
-    validation ones, at most ``max_per_class``): the choice for a user's own data.
+    validation ones, at most ``max_per_class``): the choice for a user's own data. Its
+    validation split, as any held out of a training split here, takes at most half of a
+    class, so a tail class is never left with one training image. A source with its own
+    ``val`` split (an image folder's ``val/``) keeps it as the validation split, whatever
+    the profile, and no training image is held out for validation.
     Sources that already are long-tailed (``raw.long_tailed``) keep their train split
     (without a validation list, a balanced validation split is held out of it: up to
     ``val_per_class`` images a class, at most half of each class, stated in ``info``);
@@ -141,9 +168,11 @@ def make_long_tailed(
                 "never more than half of a class (no validation list was given)"
             )
     else:
+        own_val = raw.splits.get("val")
+        per_class = 0 if own_val is not None else val_per_class
         n_max = int(max_per_class) if max_per_class is not None else int(available.max())
         if profile == "none":  # keep the source's own distribution, minus the validation images
-            held = np.minimum(val_per_class, available - 1)
+            held = np.minimum(per_class, available // 2)
             counts = [int(min(n_max, a - h)) for a, h in zip(available, held, strict=True)]
         else:
             counts = class_counts(profile, n_max, k, imbalance_ratio, step_fraction)
@@ -151,8 +180,9 @@ def make_long_tailed(
         if short:
             c = short[0]
             raise LortError(
-                f"class {raw.classes[c]!r} has {available[c]} training images, the profile asks for "
-                f"{counts[c]}; lower max_per_class or the imbalance ratio"
+                f"{raw.source}: class {raw.classes[c]!r} has {available[c]} training images, the profile asks for "
+                f"{counts[c]}; lower max_per_class or the imbalance ratio, or keep the source's own "
+                "distribution with profile none"
             )
         chosen, val_idx, shortfall = [], [], []
         for c in range(k):
@@ -161,21 +191,26 @@ def make_long_tailed(
                 idx = rng.permutation(idx)
             chosen.append(idx[: counts[c]])
             rest = idx[counts[c] :]
-            take = min(val_per_class, len(rest))
-            if take < val_per_class:
+            take = min(per_class, len(rest))
+            if take < per_class:
                 shortfall.append(raw.classes[c])
             val_idx.append(np.sort(rng.choice(rest, size=take, replace=False)) if take else rest[:0])
         train_idx = np.concatenate(chosen)
         lt_train = train.subset(train_idx)
-        val = train.subset(np.concatenate(val_idx)) if val_per_class else None
+        val = own_val if own_val is not None else (train.subset(np.concatenate(val_idx)) if per_class else None)
         info.update(
             profile=profile,
             imbalance_ratio_requested=None if profile == "none" else float(imbalance_ratio),
             max_per_class=n_max,
             selection=selection,
-            val_per_class=val_per_class,
+            val_per_class=per_class,
             val_shortfall=shortfall,
+            source_train_size=int(available.sum()),
         )
+        if own_val is not None:
+            info.update(val_source="the source's own val/ split")
+        elif profile == "none" and per_class:
+            info.update(val_source=f"held out: up to {per_class} unused training images a class, never more than half")
     empty = np.flatnonzero(lt_train.counts(k) == 0)
     if len(empty):
         raise LortError(f"class {raw.classes[empty[0]]!r} is left with zero training images")

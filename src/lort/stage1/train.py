@@ -382,6 +382,8 @@ def _train(
         out.mkdir(parents=True, exist_ok=True)
         write_text(Stage1Run(out).config, dump_yaml(cfg))
         write_json(Stage1Run(out).environment, _environment_record(parts))
+        if dataset is None:  # built here (lort train); a caller that passed it has said what it holds
+            tqdm.write(ds.describe())
         tqdm.write(f"stage 1 precision: {precision.name} ({precision.reason})")
         tqdm.write(f"stage 1 torch.compile: {'on' if compiling.enabled else 'off'} ({compiling.reason})")
         write_json(Stage1Run(out).dataset, ds.summary())

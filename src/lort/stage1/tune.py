@@ -436,6 +436,7 @@ def tune(
             f"{s1.epochs}-epoch schedule (--proxy-epochs; --epochs sets the full one), sampler {sampler}, "
             f"pruner {pruner}; storage {url} (study {study_name!r})"
         )
+        log(f"lort tune: {ds.describe()}")
         study.optimize(
             objective,
             n_trials=2 * remaining,  # a cap for this process; failed trials do not count below
