@@ -309,3 +309,30 @@ def test_a_space_of_regularisers_on_a_short_proxy_carries_the_caveat_and_lr_alon
     assert proxy_caveat(["stage1.mixup_alpha"], 4, 4, "none") is None  # the full schedule, nothing pruned
     early = proxy_caveat(["stage1.mixup_alpha"], 4, 4, "hyperband")  # full length, but pruned early
     assert "hyperband pruner" in early and "proxy of" not in early
+
+
+def test_the_study_figure_spans_each_searched_range_and_takes_any_kind_of_key(tmp_path, monkeypatch):
+    """Numeric keys are plotted over their searched range (log where the space is log), so a
+    winner at an edge shows; a categorical key is left to the table."""
+    import matplotlib.pyplot as plt
+
+    from lort.analysis import plots
+
+    kept = {}
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: kept.setdefault("fig", fig) and path)
+    rows = [
+        {"number": 0, "state": "complete", "val_balanced_acc": 0.4, "params": {"stage1.lr": 0.02, "stage1.augment": "standard", "stage1.batch_size": 64}},
+        {"number": 1, "state": "pruned", "last_reported": 0.2, "val_balanced_acc": None, "params": {"stage1.lr": 0.3, "stage1.augment": "autoaugment", "stage1.batch_size": 128}},
+    ]  # fmt: skip
+    space = {
+        "stage1.lr": {"low": 0.01, "high": 0.4, "log": True},
+        "stage1.augment": {"choices": ["standard", "autoaugment"]},
+        "stage1.batch_size": {"low": 64, "high": 256, "step": 64, "int": True},
+    }
+    plots.plot_tune_history(rows, space, tmp_path / "h.png")
+    fig = kept["fig"]
+    history, lr, batch = fig.axes
+    assert [ax.get_xlabel() for ax in (lr, batch)] == ["stage1.lr", "stage1.batch_size"]
+    assert lr.get_xscale() == "log" and lr.get_xlim()[0] < 0.01 and lr.get_xlim()[1] > 0.4
+    assert batch.get_xscale() == "linear" and batch.get_xlim()[0] < 64 < 256 < batch.get_xlim()[1]
+    plt.close(fig)

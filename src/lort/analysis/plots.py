@@ -213,15 +213,20 @@ def plot_sensitivity(grid: dict, path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
-def plot_tune_history(rows: list[dict], keys: list[str], path: str | Path, log_keys: tuple = ()) -> Path:
+def plot_tune_history(rows: list[dict], space: dict[str, dict], path: str | Path) -> Path:
     """A tune study: each trial's validation score and the best so far (left), and the score
-    against each searched hyperparameter (right); pruned trials at their last reported score."""
+    against each searched hyperparameter over its searched range (right; log axes where the
+    space is log); pruned trials at their last reported score, the best trial starred."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    keys = list(space)
     numeric = [k for k in keys if all(isinstance(r["params"].get(k, 0.0), (int, float)) for r in rows)][:2]
     fig, axes = plt.subplots(1, 1 + len(numeric), figsize=(6 + 4.5 * len(numeric), 4.2))
     axes = np.atleast_1d(axes)
     ax = axes[0]
     done = [r for r in rows if r["state"] == "complete"]
     pruned = [r for r in rows if r["state"] == "pruned" and r.get("last_reported") is not None]
+    top = max(done, key=lambda r: r["val_balanced_acc"]) if done else None
     ax.plot([r["number"] for r in done], [100 * r["val_balanced_acc"] for r in done], "o", label="complete")
     if pruned:
         ax.plot(
@@ -235,17 +240,33 @@ def plot_tune_history(rows: list[dict], keys: list[str], path: str | Path, log_k
     if xs:
         last = max(r["number"] for r in rows)
         ax.step(xs + [last], ys + [ys[-1]], where="post", color="k", label="best so far")
+    if top is not None:
+        ax.plot([top["number"]], [100 * top["val_balanced_acc"]], "*", color="C3", ms=13, label="chosen")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel("validation balanced accuracy (%)")
     ax.set_title("study history (pruned: the best score before the stop)")
     ax.legend(loc="best")
     ax.grid(alpha=0.3)
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
     for ax, key in zip(axes[1:], numeric, strict=True):
+        spec = space.get(key, {})
         xs = [r["params"][key] for r in done]
         ax.plot(xs, [100 * r["val_balanced_acc"] for r in done], "o")
         ax.plot([r["params"][key] for r in pruned], [100 * r["last_reported"] for r in pruned], "x", color="0.5")
-        if key in log_keys:
+        if top is not None:
+            ax.plot([top["params"][key]], [100 * top["val_balanced_acc"]], "*", color="C3", ms=13)
+        lo, hi = (float(spec["low"]), float(spec["high"])) if "low" in spec and "high" in spec else (None, None)
+        if spec.get("log"):
             ax.set_xscale("log")
+            decades = np.log10(hi / lo) if lo else 2.0
+            subs = (1.0, 2.0, 5.0) if decades <= 1.5 else (1.0, 3.0) if decades <= 2.5 else (1.0,)
+            ax.xaxis.set_major_locator(LogLocator(subs=subs))
+            ax.xaxis.set_major_formatter(plain)
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        if lo is not None:  # the axis spans the searched range, so a winner at its edge shows
+            pad = (hi / lo) ** 0.03 if spec.get("log") and lo > 0 else None
+            ax.set_xlim((lo / pad, hi * pad) if pad else (lo - 0.03 * (hi - lo), hi + 0.03 * (hi - lo)))
         ax.set_xlabel(key)
         ax.set_ylabel("validation balanced accuracy (%)")
         ax.set_title(f"score against {key.split('.', 1)[-1]}")

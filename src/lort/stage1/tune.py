@@ -575,8 +575,7 @@ def tune_report(folder: str | Path) -> Path:
     summary = json.loads((folder / "tune.json").read_text())
     rows = json.loads((folder / "trials.json").read_text())
     keys = list(summary["space"])
-    logs = tuple(k for k, v in summary["space"].items() if v.get("log"))
-    figure = plot_tune_history(rows, keys, folder / "figures" / "tune_history.png", logs) if rows else None
+    figure = plot_tune_history(rows, summary["space"], folder / "figures" / "tune_history.png") if rows else None
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["trial_counts"].items())) or "none yet"
     lines = [
         "# lort tune",
