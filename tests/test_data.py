@@ -386,3 +386,23 @@ def test_lort_train_takes_profile_none_and_says_what_the_data_holds(tmp_path, ca
     assert "data: tree, 2 classes; train 15 images (12 to 3 a class, the source's own class distribution)" in (
         capsys.readouterr().out
     )
+
+
+def test_a_checkpoint_whose_data_changed_is_neither_extracted_nor_resumed(tmp_path, capsys):
+    """Images added to a folder after stage 1: the features would not be those it learned from,
+    and a resumed run would train on other data; both stop with one line naming the checkpoint."""
+    root = make_image_tree(tmp_path / "tree", {"a": (24, 2), "b": (6, 2)})
+    train = ["train", "--dataset", "imagefolder", "--root", str(root), "--profile", "none", "--batch-size", "8",
+             "--set", "stage1.eval_batch_size=16", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(train + ["--epochs", "1"]) == 0  # --epochs 1 in both calls: resume checks the config first
+    make_image_tree(tmp_path / "more", {"b": (4, 0)})
+    for f in sorted((tmp_path / "more" / "train" / "b").iterdir()):
+        f.rename(root / "train" / "b" / f"new_{f.name}")
+    capsys.readouterr()
+    assert main(["extract", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--out", str(tmp_path / "f.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "last.pt: stage 1 trained on 15 images (12 to 3 a class), its data config now gives 17" in err
+    assert not (tmp_path / "f.npz").exists()
+    (tmp_path / "run" / "summary.json").unlink()  # as if killed before its summary was written
+    assert main(train + ["--epochs", "1", "--resume"]) == 2
+    assert "last.pt: trained on 15 images, the same config now gives 17" in capsys.readouterr().err
