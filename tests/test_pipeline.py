@@ -127,6 +127,20 @@ def test_pipeline_refuses_a_folder_holding_a_different_run(tmp_path, capsys):
     assert "already holds a run with a different config" in capsys.readouterr().err
 
 
+def test_a_run_may_resume_with_its_speed_settings_or_test_trace_changed(tmp_path):
+    """compile, workers and stage1.test_trace leave the training as it is, so a run folder (and a
+    stage-1 checkpoint) continues with them changed; any other key is named."""
+    from lort.config import dump_yaml, resumable_differences
+
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_yaml(load_config(None, {"stage1.epochs": 3})))
+    same = load_config(None, {"stage1.epochs": 3, "stage1.test_trace": True, "stage1.compile": False,
+                              "stage1.workers": 0})  # fmt: skip
+    assert resumable_differences(path, same) == []
+    other = load_config(None, {"stage1.epochs": 3, "stage1.lr": 0.5, "stage1.test_trace": True})
+    assert resumable_differences(path, other) == [("stage1.lr", 0.01, 0.5)]
+
+
 def test_a_run_recorded_before_keys_were_added_is_the_same_run(tmp_path):
     from lort.config import dump_yaml, same_config
 

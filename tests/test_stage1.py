@@ -144,6 +144,32 @@ def test_a_run_follows_its_step_schedule(tmp_path):
     assert lrs == pytest.approx([0.05, 0.05, 0.005])  # each epoch's lr as it starts
 
 
+def test_the_test_trace_records_each_epochs_test_accuracy_and_changes_no_weight(tmp_path):
+    """stage1.test_trace: the test accuracy after every epoch, for information (the published
+    CIFAR-LT codes report the best of them); the training, the checkpoints and the selection are
+    those of the same run without it, and a run resumes with it switched on."""
+    make_cifar_archive(tmp_path, "cifar10", 50, 2)
+    plain, traced = tmp_path / "plain", tmp_path / "traced"
+    train(_small_config(tmp_path), plain)
+    summary = train(_small_config(tmp_path, **{"stage1.test_trace": True}), traced)
+    records = [json.loads(ln) for ln in (traced / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "test_acc_information" in r] == [1, 2, 3]
+    trace = summary["test_trace_information"]
+    accs = [r["test_acc_information"] for r in records]
+    assert trace["best_acc"] == max(accs) and trace["last_acc"] == accs[-1] and trace["epochs"] == 3
+    assert records[trace["best_epoch"] - 1]["test_acc_information"] == max(accs)
+    # the selected epoch's traced figure is the one stage 1 reports on test
+    assert records[summary["selected_epoch"] - 1]["test_acc_information"] == pytest.approx(summary["test"]["acc"])
+    for name in ("best.pt", "last.pt"):
+        a, b = _params(plain / name), _params(traced / name)
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
+    assert json.loads((plain / "summary.json").read_text())["selected_epoch"] == summary["selected_epoch"]
+    assert "test_trace_information" not in json.loads((plain / "summary.json").read_text())
+    (plain / "summary.json").unlink()  # resumable: switching the trace on is not another training
+    assert train(_small_config(tmp_path, **{"stage1.test_trace": True}), plain, resume=True)["selected_epoch"]
+
+
 def _small_config(root, **extra):
     overrides = {
         "data.root": str(root),

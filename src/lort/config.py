@@ -24,6 +24,8 @@ from .runtime.precision import AMP_MODES
 from .stage2.schedule import DEFAULT_FITS_PER_METHOD, DEFAULT_LRS, DEFAULT_SEEDS, Schedule, check_comparison, check_lrs
 
 LR_SCHEDULES = ("cosine", "step")
+# stage-1 keys a resumed run may change: speed settings and the test trace leave the training as it is
+TRAINS_THE_SAME = ("workers", "compile", "test_trace")
 STAGE2_CHECKPOINTS = ("last", "best")  # last.pt (the end of the schedule) or best.pt (stage 1's best validation epoch)
 
 
@@ -55,6 +57,7 @@ class Stage1Config:
     seed: int = 0  # seed of initialisation, batch order and augmentation
     workers: int = 4  # DataLoader workers for large (streamed) images
     eval_every: int = 1  # epochs between validation passes
+    test_trace: bool = False  # information only: test accuracy after every epoch (metrics.jsonl), never used to choose
     steps_per_epoch: int | None = None  # cap, for quick tests and smoke runs
     eval_batch_size: int = 512  # batch size of evaluation and feature extraction
 
@@ -314,6 +317,18 @@ def config_differences(
             if saved.get(key) != value:
                 out.append((f"{section}.{key}", saved.get(key), value))
     return out
+
+
+def resumable_differences(path: Path, cfg: RunConfig) -> list[tuple[str, Any, Any]]:
+    """What keeps ``cfg`` from continuing the run whose config file is ``path``: the keys that
+    differ but for those in ``TRAINS_THE_SAME`` (a file that no longer loads differs as a whole)."""
+    if same_config(path, cfg):
+        return []
+    try:
+        recorded = to_dict(load_config(path))
+    except LortError as exc:
+        return [("config", str(exc), "this version of lort")]
+    return config_differences(recorded, cfg, ignore=TRAINS_THE_SAME)
 
 
 def same_config(path: Path, cfg: RunConfig) -> bool:

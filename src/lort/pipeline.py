@@ -13,7 +13,7 @@ import numpy as np
 
 from .analysis.metrics import accuracy_report
 from .analysis.report import build_report
-from .config import RunConfig, dump_yaml, same_config
+from .config import RunConfig, dump_yaml, resumable_differences
 from .data import build_dataset
 from .data.features import load_features
 from .env_info import environment
@@ -68,8 +68,11 @@ def run_pipeline(cfg: RunConfig, out: str | Path, command: str | None = None) ->
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)  # what killed writers left behind
     config_text = dump_yaml(cfg)
-    if (run.config).is_file() and not same_config(run.config, cfg):
-        raise LortError(f"{out} already holds a run with a different config; choose another --out")
+    differ = resumable_differences(run.config, cfg) if run.config.is_file() else []
+    for key, was, now in differ[:1]:
+        raise LortError(
+            f"{out} already holds a run with a different config ({key} was {was!r}, now {now!r}); choose another --out"
+        )
     write_text(run.config, config_text)
     commands = json.loads((run.commands).read_text()) if (run.commands).is_file() else []
     write_json(run.commands, commands + [command or " ".join(sys.argv)])

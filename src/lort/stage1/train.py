@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..analysis.metrics import accuracy_report
-from ..config import RunConfig, config_differences, dump_yaml, same_config, to_dict
+from ..config import TRAINS_THE_SAME, RunConfig, config_differences, dump_yaml, same_config, to_dict
 from ..data import LongTailedDataset, Split, build_dataset
 from ..data.augment import BatchAugment, BatchMix, iterate_batches
 from ..data.policies import BatchPolicy
@@ -260,8 +260,8 @@ def _check_out_dir(out: Path, cfg: RunConfig, resume: bool) -> dict | None:
     if not resume:
         raise LortError(f"{out} already holds a run (last.pt); pass --resume to continue it or choose another --out")
     ckpt = read_checkpoint(last)
-    # speed settings (workers, compile) train the same either way
-    for key, was, now in config_differences(ckpt.get("config", {}), cfg, ("data", "stage1"), ("workers", "compile")):
+    # speed settings (workers, compile) and the test trace train the same either way
+    for key, was, now in config_differences(ckpt.get("config", {}), cfg, ("data", "stage1"), TRAINS_THE_SAME):
         raise LortError(
             f"{last}: was trained with {key}={was!r}, not {now!r}; resume with the same config or choose another --out"
         )
@@ -419,6 +419,10 @@ def _train(
             logits = predict(raw_model, ds.val, s1.eval_batch_size, info.device, input_size, 0, s1.channels_last)
             rep = accuracy_report(logits, ds.val.labels, counts)
             record |= {f"val_{k}": v for k, v in rep.items() if k != "per_class"}
+        if info.is_main and s1.test_trace and evaluate_test:  # for information: the published protocols' figure
+            raw_model.eval()
+            logits = predict(raw_model, ds.test, s1.eval_batch_size, info.device, input_size, 0, s1.channels_last)
+            record["test_acc_information"] = accuracy_report(logits, ds.test.labels, counts)["acc"]
         if info.is_main:
             history.append(record)
             improved = record.get("val_balanced_acc", -1.0) > best["val_balanced_acc"]
@@ -452,6 +456,11 @@ def _train(
                     + ", ".join(f"{g} {_pct(record['val_' + g])}" for g in ("many", "medium", "few"))
                     + ")"
                     if val is not None
+                    else ""
+                )
+                + (
+                    f"  test acc (information) {record['test_acc_information']:.3f}"
+                    if "test_acc_information" in record
                     else ""
                 )
                 + f"  {record['images_per_s']:.0f} img/s"
@@ -499,6 +508,8 @@ def _finish(
     if evaluate_test:
         logits = predict(model, ds.test, s1.eval_batch_size, info.device, input_size, 0, s1.channels_last)
         test = accuracy_report(logits, ds.test.labels, ds.train_counts)
+    records = [json.loads(ln) for ln in Stage1Run(out).metrics.read_text().splitlines() if ln.strip()]
+    traced = [(r["epoch"], r["test_acc_information"]) for r in records if "test_acc_information" in r]
     summary = {
         "model": s1.model,
         "epochs": s1.epochs,
@@ -509,6 +520,20 @@ def _finish(
         else "last epoch (no validation split)",
         "val_balanced_acc": best["val_balanced_acc"] if best["epoch"] is not None else None,
         "test": test,
+        **(
+            {
+                "test_trace_information": {
+                    "epochs": len(traced),
+                    "best_epoch": max(traced, key=lambda t: t[1])[0],
+                    "best_acc": max(t[1] for t in traced),
+                    "last_acc": traced[-1][1],
+                    "note": "the best test epoch is the published CIFAR-LT codes' figure (best_acc1); "
+                    "information only, nothing here was chosen by it",
+                }
+            }
+            if traced
+            else {}
+        ),
         "world_size": info.world_size,
         "replica_param_sums": checksums,
     }

@@ -49,7 +49,16 @@ HEARTBEAT_S = 30  # a running trial's process writes a heartbeat this often
 GRACE_S = 120  # a trial with no heartbeat for this long is taken as dead: failed and queued once more
 STORAGE_ATTEMPTS = 8  # tries to open a storage that another worker is creating at the same moment
 # Keys the search itself controls, or that change no training outcome.
-NOT_SEARCHABLE = ("epochs", "steps_per_epoch", "eval_every", "eval_batch_size", "workers", "compile", "seed")
+NOT_SEARCHABLE = (
+    "epochs",
+    "steps_per_epoch",
+    "eval_every",
+    "eval_batch_size",
+    "workers",
+    "compile",
+    "seed",
+    "test_trace",
+)
 # The default space: the two knobs the recipe says to tune, over the range the field uses
 # for SGD on CIFAR-style and ImageNet-style long-tailed sets.
 DEFAULT_SPACE: dict[str, dict] = {
