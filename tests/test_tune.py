@@ -336,3 +336,23 @@ def test_the_study_figure_spans_each_searched_range_and_takes_any_kind_of_key(tm
     assert lr.get_xscale() == "log" and lr.get_xlim()[0] < 0.01 and lr.get_xlim()[1] > 0.4
     assert batch.get_xscale() == "linear" and batch.get_xlim()[0] < 64 < 256 < batch.get_xlim()[1]
     plt.close(fig)
+
+
+def test_the_shipped_search_spaces_load_and_every_end_is_a_valid_config():
+    """configs/tune/*.yaml: each loads, each end of each range makes a valid config, and on a
+    short proxy the regularisers' space carries the caveat naming them."""
+    from pathlib import Path
+
+    from lort.stage1.tune import proxy_caveat, with_values
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs" / "tune").glob("*.yaml"))
+    assert files
+    cfg = load_config(None, {})
+    for path in files:
+        dims = load_space(path)
+        for d in dims:
+            for value in d.endpoints():
+                with_values(cfg, {d.key: int(value) if d.integer else value})
+    dims = load_space(files[[p.name for p in files].index("regularisers.yaml")])
+    caveat = proxy_caveat([d.key for d in dims], 50, 200, "hyperband")
+    assert all(k in caveat for k in ("stage1.augment", "stage1.mixup_alpha", "stage1.cutout"))
