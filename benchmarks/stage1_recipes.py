@@ -237,7 +237,7 @@ def _fmt(v, digits=2) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
-def markdown(summary: dict, command: str) -> str:
+def markdown(summary: dict, command: str, figure_file: str | None = None) -> str:
     rec = summary["recipes"]
     lines = [
         "# Stage-1 recipes side by side",
@@ -276,6 +276,14 @@ def markdown(summary: dict, command: str) -> str:
         "",
         "## Each stage-2 method on each stage 1",
         "",
+        *(
+            [
+                f"![Each method's test accuracy against its stage 1's, and LORT's lead]({figure_file})",
+                "",
+            ]
+            if figure_file
+            else []
+        ),
         "Test accuracy (mean over stage-2 seeds); R marks the reference (validation's pick), "
         "v a row below it, ^ above it, nothing indistinguishable. The last column is the change "
         "from the first recipe to the last" + (", set against the stage-1 seed noise (below)." if spread else "."),
@@ -343,6 +351,51 @@ def markdown(summary: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def figure(summary: dict, path: Path) -> Path:
+    """Each stage-2 method's test accuracy against its stage 1's (left), and the default LORT's
+    lead over CE re-training and over validation's pick (right), one point a recipe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lort.analysis.plots import save_figure
+
+    rows = sorted(summary["recipes"], key=lambda r: r["stage1_test"])
+    x = [r["stage1_test"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for method, by_label in summary["per_method"].items():
+        ys = [(by_label.get(r["label"]) or {}).get("test") for r in rows]
+        style = {"lort": dict(color="C3", lw=2.5, zorder=3), "ce": dict(color="C0", lw=2, zorder=2)}
+        kw = style.get(method, dict(color="0.75", lw=1, zorder=1))
+        left.plot(x, ys, "-o", ms=3, label=method if method in style else None, **kw)
+    left.plot(x, [r["reference_test"] for r in rows], "k*", ms=11, label="validation's pick", zorder=4)
+    left.plot(x, x, ":", color="0.4", lw=1, label="stage 1 itself")
+    left.set_xlabel("stage 1 test accuracy (%)")
+    left.set_ylabel("stage 2 test accuracy (%)")
+    left.set_title("each stage-2 method (grey) on each stage 1, joined in stage-1 order")
+    left.legend(loc="lower right", fontsize=8)
+    left.grid(alpha=0.3)
+    lead_ce = [
+        r["lort_test"] - r["ce_test"] if r["lort_test"] is not None and r["ce_test"] is not None else None for r in rows
+    ]
+    lead_pick = [r["lort_test"] - r["reference_test"] if r["lort_test"] is not None else None for r in rows]
+    right.axhline(0, color="0.4", lw=1)
+    right.plot(x, lead_ce, "o-", color="C0", label="LORT - CE re-training")
+    right.plot(x, lead_pick, "s-", color="k", label="LORT - validation's pick")
+    lows = [r["lort_ci"][0] if r["lort_ci"] else None for r in rows]
+    highs = [r["lort_ci"][1] if r["lort_ci"] else None for r in rows]
+    for xi, lo, hi in zip(x, lows, highs, strict=True):
+        if lo is not None:
+            right.plot([xi, xi], [lo, hi], color="k", alpha=0.35, lw=1)
+    right.set_xlabel("stage 1 test accuracy (%)")
+    right.set_ylabel("points")
+    right.set_title("LORT's lead (bars: its simultaneous 95% interval against the pick)")
+    right.legend(loc="best", fontsize=8)
+    right.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output path without suffix (.md and .json are written)")
@@ -367,8 +420,10 @@ def main() -> None:
         + " ".join(f'"{s}"' for s in args.recipes)
     )
     write_json(out.with_suffix(".json"), summary | {"command": command})
-    write_text(out.with_suffix(".md"), markdown(summary, command))
-    print(markdown(summary, command))
+    figure(summary, out.with_suffix(".png"))
+    text = markdown(summary, command, out.with_suffix(".png").name)
+    write_text(out.with_suffix(".md"), text)
+    print(text)
 
 
 if __name__ == "__main__":
