@@ -116,6 +116,8 @@ def features_from_module_file(
     model = load_module_file(path)
     fn = feature_fn(model, layer)
     ds = build_dataset(data)
+    if progress:  # what the features will be of: a user's folder subsampled by a profile says so
+        print(ds.describe(), file=sys.stderr)
     device = device or default_device()
     model = model.to(device)
     if not isinstance(model, torch.jit.ScriptModule):
