@@ -65,6 +65,16 @@ def test_pipeline_end_to_end_and_rerun_skips_done_steps(tmp_path, capsys):
     run_pipeline(_cfg(tmp_path), out, "lort run test")
     assert (out / "features.npz").read_bytes() == data
     assert json.loads((out / "commands.json").read_text()) == ["lort run test"] * 3
+    # a stage 1 that traced its test accuracy: the report names the best test epoch as information
+    from lort.analysis.report import build_report
+
+    s1 = json.loads((out / "stage1" / "summary.json").read_text())
+    trace = {"epochs": 3, "best_epoch": 2, "best_acc": 0.55, "last_acc": 0.5, "note": "information"}
+    (out / "stage1" / "summary.json").write_text(json.dumps(s1 | {"test_trace_information": trace}))
+    build_report(out)
+    assert "(its best test epoch, information only: 55.00% at epoch 2 of the 3 traced)" in (
+        (out / "report.md").read_text()
+    )
     # a folder that kept only best.pt (as committed result folders do): one error naming the missing file
     (out / "stage1" / "last.pt").unlink()
     from lort.errors import LortError

@@ -209,6 +209,12 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
             f"{s1['model']}, {s1['epochs']} epochs, checkpoint {s1['selected_checkpoint']} (epoch {s1['selected_epoch']}, "
             f"{s1['selected_by']}); stage-1 test accuracy {100 * s1['test']['acc']:.2f}%"
         )
+        trace = s1.get("test_trace_information")
+        if trace:  # stage1.test_trace: the published codes' figure, chosen on test
+            backbone += (
+                f" (its best test epoch, information only: {100 * trace['best_acc']:.2f}% at epoch "
+                f"{trace['best_epoch']} of the {trace['epochs']} traced)"
+            )
         started = (
             json.loads(layout.features_meta.read_text()).get("checkpoint") if layout.features_meta.is_file() else None
         )
