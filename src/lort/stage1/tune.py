@@ -381,6 +381,7 @@ def tune(
             "set data.val_per_class (CIFAR) or give a validation list"
         )
     val_counts = [int(c) for c in np.bincount(np.asarray(ds.val.labels), minlength=ds.num_classes)]
+    data_line = ds.describe().removeprefix("data: ")
     proxy = proxy_config(cfg, epochs)
     state = optuna.trial.TrialState
 
@@ -433,7 +434,7 @@ def tune(
         except ValueError:
             best = "no trial complete yet"
         log(f"trial {trial.number} [{done}/{trials}] {what}; {best}; {values}; {seconds / 60:.1f} min")
-        write_outputs(study_, out, cfg, dims, epochs, sampler, pruner, url, trials, val_counts)
+        write_outputs(study_, out, cfg, dims, epochs, sampler, pruner, url, trials, val_counts, data_line)
 
     remaining = trials - finished()
     caveat = proxy_caveat([d.key for d in dims], epochs, s1.epochs, pruner)
@@ -445,7 +446,7 @@ def tune(
             f"{s1.epochs}-epoch schedule (--proxy-epochs; --epochs sets the full one), sampler {sampler}, "
             f"pruner {pruner}; storage {url} (study {study_name!r})"
         )
-        log(f"lort tune: {ds.describe()}")
+        log(f"lort tune: data: {data_line}")
         study.optimize(
             objective,
             n_trials=2 * remaining,  # a cap for this process; failed trials do not count below
@@ -458,7 +459,7 @@ def tune(
             gc_after_trial=True,
         )
         log(f"lort tune: {time.monotonic() - started:.0f} s")
-    return write_outputs(study, out, cfg, dims, epochs, sampler, pruner, url, trials, val_counts)
+    return write_outputs(study, out, cfg, dims, epochs, sampler, pruner, url, trials, val_counts, data_line)
 
 
 def format_value(value: Any) -> str:
@@ -509,7 +510,17 @@ def score_resolution(score: float, val_counts: list[int]) -> dict:
 
 
 def write_outputs(
-    study, out: Path, cfg: RunConfig, dims, epochs, sampler, pruner, url, trials, val_counts: list[int] | None = None
+    study,
+    out: Path,
+    cfg: RunConfig,
+    dims,
+    epochs,
+    sampler,
+    pruner,
+    url,
+    trials,
+    val_counts: list[int] | None = None,
+    data: str | None = None,
 ) -> dict:
     """``tune.json``, the trial tables, ``best.yaml`` and the report, from the study as it is now."""
     rows = trial_rows(study)
@@ -528,6 +539,7 @@ def write_outputs(
         "sampler": sampler,
         "pruner": pruner,
         "trials_requested": trials,
+        **({"data": data} if data else {}),
         "trial_counts": counts,
         "caveat": proxy_caveat([d.key for d in dims], epochs, cfg.stage1.epochs, pruner),
         "best": None,
@@ -593,6 +605,7 @@ def tune_report(folder: str | Path) -> Path:
         f"- Objective: {summary['objective']}; {summary['proxy_epochs']}-epoch proxy of the "
         f"{summary['full_epochs']}-epoch schedule; sampler {summary['sampler']}, pruner {summary['pruner']}.",
         "- Space: " + "; ".join(f"{k} {_describe(v)}" for k, v in summary["space"].items()),
+        *([f"- Data: {summary['data']}."] if summary.get("data") else []),
     ]
     if summary.get("caveat"):
         lines.append(f"- **Caveat**: {summary['caveat']}.")
