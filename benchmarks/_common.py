@@ -47,8 +47,8 @@ def finished_stage1(run: Path) -> dict:
 def cifar_checkpoint_data(path, ckpt: dict, root: str | None):
     """The CIFAR data a stage-1 checkpoint was trained on, rebuilt from its recorded data config.
 
-    ``root`` (when given) replaces the recorded data folder. Returns ``(config, raw, dataset,
-    unused)``: the data config, the raw CIFAR archive's splits (``read_cifar``), the long-tailed
+    ``root`` (when given) replaces the recorded data folder. Returns ``(raw, dataset,
+    unused)``: the raw CIFAR archive's splits (``read_cifar``), the long-tailed
     dataset stage 1 used, and the indices of the raw training images that stage 1 neither trained
     nor validated on (sorted). A checkpoint of another dataset is a one-line error naming it.
     """
@@ -67,4 +67,4 @@ def cifar_checkpoint_data(path, ckpt: dict, root: str | None):
     ds = build_dataset(cfg)
     used = np.concatenate([ds.train.source_index] + ([ds.val.source_index] if ds.val is not None else []))
     unused = np.setdiff1d(np.arange(len(raw.splits["train"])), used)
-    return cfg, raw, ds, unused
+    return raw, ds, unused

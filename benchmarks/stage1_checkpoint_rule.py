@@ -86,13 +86,13 @@ def main() -> None:
             if not p.is_file():
                 raise LortError(f"{p}: missing; the study needs both best.pt and last.pt of a finished run")
         summary = read_run_json(run / "stage1" / "summary.json")
-        data = None
+        recorded = None
         row = {"run": str(run), "best_epoch": summary.get("selected_epoch"), "checkpoints": {}}
         for name, path in paths.items():
             model, ckpt = load_model(path)
-            if data is None:
-                data = recorded = dict(ckpt["config"]["data"])
-                _, raw, ds, unseen = cifar_checkpoint_data(path, ckpt, args.root)
+            if recorded is None:
+                recorded = dict(ckpt["config"]["data"])
+                raw, ds, unseen = cifar_checkpoint_data(path, ckpt, args.root)
                 raw_train = raw.splits["train"]
                 dev, left_out = dev_indices(raw_train.labels, unseen, args.dev_per_class, args.seed)
                 dev_split = raw_train.subset(dev)

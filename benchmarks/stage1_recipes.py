@@ -36,7 +36,7 @@ from pathlib import Path
 import yaml
 from _common import finished_stage1, read_run_json, run_main
 
-from lort.config import config_differences, load_config
+from lort.config import TRAINS_THE_SAME, config_differences, load_config
 from lort.errors import LortError
 from lort.io import write_json, write_text
 
@@ -60,16 +60,7 @@ PUBLISHED = {
     ),
 }
 # keys that say how a run was computed, not what it computed
-HOW_KEYS = (
-    "amp",
-    "compile",
-    "workers",
-    "eval_every",
-    "eval_batch_size",
-    "channels_last",
-    "deterministic",
-    "test_trace",
-)
+HOW_KEYS = ("amp", "eval_every", "eval_batch_size", "channels_last", "deterministic", *TRAINS_THE_SAME)
 
 
 def _run_config_path(run: Path) -> Path:
@@ -364,9 +355,9 @@ def figure(summary: dict, path: Path) -> Path:
     rows = sorted(summary["recipes"], key=lambda r: r["stage1_test"])
     x = [r["stage1_test"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    style = {"lort": dict(color="C3", lw=2.5, zorder=3), "ce": dict(color="C0", lw=2, zorder=2)}
     for method, by_label in summary["per_method"].items():
         ys = [(by_label.get(r["label"]) or {}).get("test") for r in rows]
-        style = {"lort": dict(color="C3", lw=2.5, zorder=3), "ce": dict(color="C0", lw=2, zorder=2)}
         kw = style.get(method, dict(color="0.75", lw=1, zorder=1))
         left.plot(x, ys, "-o", ms=3, label=method if method in style else None, **kw)
     left.plot(x, [r["reference_test"] for r in rows], "k*", ms=11, label="validation's pick", zorder=4)

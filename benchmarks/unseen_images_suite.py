@@ -82,7 +82,7 @@ def main() -> None:
     from lort.stage2.extract import split_features
 
     model, ckpt = load_model(args.checkpoint)
-    _, raw, ds, unseen = cifar_checkpoint_data(args.checkpoint, ckpt, args.root)
+    raw, ds, unseen = cifar_checkpoint_data(args.checkpoint, ckpt, args.root)
     src_train, src_test = raw.splits["train"], raw.splits["test"]
     model = model.eval().to(memory_format=torch.channels_last)
     out = Path(args.out)

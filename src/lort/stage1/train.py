@@ -468,7 +468,7 @@ def _train(
             if on_epoch is not None:
                 on_epoch(record)
         barrier(info)
-    summary = _finish(raw_model, ds, cfg, out, info, best, input_size, evaluate_test)
+    summary = _finish(raw_model, ds, cfg, out, info, best, input_size, history, evaluate_test)
     return summary
 
 
@@ -494,6 +494,7 @@ def _finish(
     info: DistInfo,
     best: dict,
     input_size: int,
+    history: list[dict],
     evaluate_test: bool = True,
 ):
     checksums = _replica_checksum(model, info)
@@ -508,8 +509,7 @@ def _finish(
     if evaluate_test:
         logits = predict(model, ds.test, s1.eval_batch_size, info.device, input_size, 0, s1.channels_last)
         test = accuracy_report(logits, ds.test.labels, ds.train_counts)
-    records = [json.loads(ln) for ln in Stage1Run(out).metrics.read_text().splitlines() if ln.strip()]
-    traced = [(r["epoch"], r["test_acc_information"]) for r in records if "test_acc_information" in r]
+    traced = [(r["epoch"], r["test_acc_information"]) for r in history if "test_acc_information" in r]
     summary = {
         "model": s1.model,
         "epochs": s1.epochs,

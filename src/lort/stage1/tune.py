@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import RunConfig, Stage1Config, dump_yaml, load_config, read_yaml, to_dict
+from ..config import TRAINS_THE_SAME, RunConfig, Stage1Config, dump_yaml, load_config, read_yaml, to_dict
 from ..errors import LortError
 from ..io import write_json, write_text
 
@@ -49,16 +49,7 @@ HEARTBEAT_S = 30  # a running trial's process writes a heartbeat this often
 GRACE_S = 120  # a trial with no heartbeat for this long is taken as dead: failed and queued once more
 STORAGE_ATTEMPTS = 8  # tries to open a storage that another worker is creating at the same moment
 # Keys the search itself controls, or that change no training outcome.
-NOT_SEARCHABLE = (
-    "epochs",
-    "steps_per_epoch",
-    "eval_every",
-    "eval_batch_size",
-    "workers",
-    "compile",
-    "seed",
-    "test_trace",
-)
+NOT_SEARCHABLE = ("epochs", "steps_per_epoch", "eval_every", "eval_batch_size", "seed", *TRAINS_THE_SAME)
 # The default space: the two knobs the recipe says to tune, over the range the field uses
 # for SGD on CIFAR-style and ImageNet-style long-tailed sets.
 DEFAULT_SPACE: dict[str, dict] = {
