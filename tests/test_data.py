@@ -402,7 +402,10 @@ def test_a_checkpoint_whose_data_changed_is_neither_extracted_nor_resumed(tmp_pa
     assert main(["extract", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--out", str(tmp_path / "f.npz")]) == 2
     err = capsys.readouterr().err
     assert "last.pt: stage 1 trained on 15 images (12 to 3 a class), its data config now gives 17" in err
+    assert "these would not be the features it learned from" in err
     assert not (tmp_path / "f.npz").exists()
     (tmp_path / "run" / "summary.json").unlink()  # as if killed before its summary was written
     assert main(train + ["--epochs", "1", "--resume"]) == 2
-    assert "last.pt: trained on 15 images, the same config now gives 17" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "last.pt: stage 1 trained on 15 images (12 to 3 a class), its data config now gives 17" in err
+    assert "the data changed, so it cannot resume; choose another --out" in err

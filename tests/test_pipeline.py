@@ -83,10 +83,16 @@ def test_pipeline_end_to_end_and_rerun_skips_done_steps(tmp_path, capsys):
         run_pipeline(_cfg(tmp_path), out, "lort run test")
 
 
-def test_stage1_test_report_from_the_features_matches_a_direct_evaluation(tmp_path, monkeypatch):
-    """Where the extraction is the fp32 forward pass, `lort run` scores stage 1 on the test
-    split from the extracted features (one pass of the test split, not two); the report is
-    the one a direct evaluation of the checkpoint gives."""
+@pytest.mark.parametrize(
+    "over",
+    [{"stage2.checkpoint": "best"}, {"stage2.checkpoint": "last", "data.val_per_class": 0}],
+    ids=["best", "last-without-validation"],
+)
+def test_stage1_test_report_from_the_features_matches_a_direct_evaluation(tmp_path, monkeypatch, over):
+    """Where the extraction is the fp32 forward pass and stage 2 starts from the checkpoint stage 1
+    reports (its best validation epoch, or its last where there is no validation split), `lort run`
+    scores stage 1 on the test split from the extracted features (one pass of the test split, not
+    two); the report is the one a direct evaluation of the checkpoint gives."""
     import dataclasses
 
     import lort.pipeline as pipeline
@@ -98,7 +104,7 @@ def test_stage1_test_report_from_the_features_matches_a_direct_evaluation(tmp_pa
     from lort.stage1.train import predict
 
     make_cifar_archive(tmp_path, "cifar10", 50, 5)
-    cfg = _cfg(tmp_path, **{"stage2.methods": ["ce"], "stage2.sweep": False, "stage2.checkpoint": "best"})
+    cfg = _cfg(tmp_path, **{"stage2.methods": ["ce"], "stage2.sweep": False, **over})
     # as on a CPU without native bf16, whatever this one has: extraction and the shortcut's rule
     # both read the capability, so the extracted features are the fp32 pass the shortcut assumes
     no_bf16 = dataclasses.replace(precision.cpu_capability(), avx512_bf16=False, amx_bf16=False)

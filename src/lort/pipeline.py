@@ -84,14 +84,16 @@ def run_pipeline(cfg: RunConfig, out: str | Path, command: str | None = None) ->
     write_json(run.dataset, ds.summary() | {"classes": ds.classes})
 
     _log("2/6 stage 1 (resumes if interrupted)")
-    # stage 1 reports its best validation epoch; stage 2 starts from stage2.checkpoint (the last
-    # epoch by default), so stage 1's test figure comes from the features only when they coincide
+    # stage 1 reports its best validation epoch (its last without validation); stage 2 starts from
+    # stage2.checkpoint (the last epoch by default), so stage 1's test figure comes from the
+    # features when the two are the same checkpoint
+    same_checkpoint = cfg.stage2.checkpoint == "best" or ds.val is None
     s1 = train(
         cfg,
         run.stage1.root,
         resume=True,
         dataset=ds,
-        evaluate_test=not (_test_from_features(cfg) and cfg.stage2.checkpoint == "best"),
+        evaluate_test=not (_test_from_features(cfg) and same_checkpoint),
     )
     if int(os.environ.get("RANK", "0")) != 0:
         return {}

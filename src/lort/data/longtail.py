@@ -65,6 +65,16 @@ class LongTailedDataset:
             **self.info,
         }
 
+    def require_trained_on(self, recorded: list[int] | None, checkpoint, consequence: str) -> None:
+        """Stop with one line when a checkpoint's recorded per-class training counts are not the
+        ones its data config builds now (images added or removed since stage 1)."""
+        if recorded is None or list(recorded) == self.train_counts.tolist():
+            return
+        raise LortError(
+            f"{checkpoint}: stage 1 trained on {sum(recorded)} images ({max(recorded)} to {min(recorded)} a class), "
+            f"its data config now gives {len(self.train)} ({self.describe()}); the data changed, so {consequence}"
+        )
+
     def describe(self) -> str:
         """One line for a run's log: what the splits hold and how the training split was made."""
         s = self.summary()

@@ -340,11 +340,8 @@ def _train(
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(s1.seed)
     ds = dataset or build_dataset(cfg.data)
-    if ckpt is not None and ckpt.get("train_counts") not in (None, ds.train_counts.tolist()):
-        raise LortError(
-            f"{Stage1Run(out).last}: trained on {sum(ckpt['train_counts'])} images, the same config now gives "
-            f"{len(ds.train)} ({ds.describe()}); the data changed, so it cannot resume; choose another --out"
-        )
+    if ckpt is not None:
+        ds.require_trained_on(ckpt.get("train_counts"), Stage1Run(out).last, "it cannot resume; choose another --out")
     input_size = model_input_size(s1.model)
     model = create_model(s1.model, ds.num_classes).to(info.device)
     if s1.channels_last:

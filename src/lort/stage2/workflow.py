@@ -75,13 +75,7 @@ def features_from_checkpoint(
     ds = build_dataset(DataConfig(**data))
     if ds.num_classes != ckpt["num_classes"]:
         raise LortError(f"{checkpoint}: {ckpt['num_classes']} classes, its dataset now has {ds.num_classes}")
-    trained = ckpt.get("train_counts")
-    if trained is not None and list(trained) != ds.train_counts.tolist():
-        raise LortError(
-            f"{checkpoint}: stage 1 trained on {sum(trained)} images ({max(trained)} to {min(trained)} a class), "
-            f"its data config now gives {len(ds.train)} ({ds.describe()}); the data changed, so these would not "
-            "be the features it learned from"
-        )
+    ds.require_trained_on(ckpt.get("train_counts"), checkpoint, "these would not be the features it learned from")
     device = device or default_device()
     model = model.to(device).to(memory_format=torch.channels_last)
     size = None if ds.train.images is not None else model_input_size(ckpt["arch"])  # as stage 1 trained it
