@@ -124,3 +124,39 @@ def test_a_whole_comparison_creates_no_tensor_off_the_features_device(with_class
     assert [r.method for r in results] == sorted(METHODS, key=list(METHODS).index)
     for a, b in zip(results, reference, strict=True):
         assert a.row() | {"time_s": 0} == b.row() | {"time_s": 0}
+
+
+@pytest.mark.slow
+def test_the_gpu_check_script_runs_through_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.py is what a GPU owner runs when one is lent; its --cpu mode runs the
+    same code paths here (augmentation parity, timed stage 1, a resumed two-trial tune, the whole
+    pipeline), so the one short device run does not fail on the script itself."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("optuna")
+    from .conftest import make_cifar_archive
+
+    root = tmp_path / "data"
+    root.mkdir()
+    make_cifar_archive(root, "cifar10", 120, 10)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    args = ["--cpu", "--out", str(tmp_path / "out"), "--root", str(root), "--steps", "1", "--max-per-class", "100"]
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert report["device"] == "cpu"
+    assert report["augment"]["equal_share"] == 1.0  # the same device and seed: the same images
+    assert [r["amp"] for r in report["stage1"]] == ["none", "bf16"]
+    assert all(r["images_per_s"] > 0 for r in report["stage1"]) and report["stage1"][0]["ratio_to_fp32"] == 1.0
+    assert report["tune"]["trial_counts"] == {"complete": 2}  # the second call resumed: no trial more
+    assert report["pipeline"]["methods"] == 16
+    assert "pipeline: 16 methods" in done.stdout
+    # without --cpu and without CUDA, one line and exit code 2
+    if not torch.cuda.is_available():
+        refused = subprocess.run(
+            [sys.executable, str(script), "--out", str(tmp_path / "no")], capture_output=True, text=True
+        )
+        assert refused.returncode == 2 and "no CUDA device" in refused.stderr
