@@ -81,6 +81,7 @@ def test_a_study_is_stored_scored_on_validation_and_its_winner_runs_as_written(a
     assert (out / "trials.csv").read_text().count("\n") == 4
     assert (out / "figures" / "tune_history.png").stat().st_size > 1000
     assert "| trial | state |" in (out / "report.md").read_text()
+    assert "- Study 'lort-tune' in study.db (SQLite) in this folder: 3 complete" in (out / "report.md").read_text()
     assert summary["data"].startswith("cifar10, ") and f"- Data: {summary['data']}." in (out / "report.md").read_text()
     # the report says how finely this validation split tells trials apart, and which it does not
     res = summary["best"]["resolution"]

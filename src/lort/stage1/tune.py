@@ -589,10 +589,12 @@ def tune_report(folder: str | Path) -> Path:
     keys = list(summary["space"])
     figure = plot_tune_history(rows, summary["space"], folder / "figures" / "tune_history.png") if rows else None
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["trial_counts"].items())) or "none yet"
+    here = summary["storage"] == f"sqlite:///{(folder / 'study.db').resolve()}"
+    storage = "study.db (SQLite) in this folder" if here else summary["storage"]
     lines = [
         "# lort tune",
         "",
-        f"- Study {summary['study']!r} in {summary['storage']}: {counts} (of {summary['trials_requested']} requested).",
+        f"- Study {summary['study']!r} in {storage}: {counts} (of {summary['trials_requested']} requested).",
         f"- Objective: {summary['objective']}; {summary['proxy_epochs']}-epoch proxy of the "
         f"{summary['full_epochs']}-epoch schedule; sampler {summary['sampler']}, pruner {summary['pruner']}.",
         "- Space: " + "; ".join(f"{k} {_describe(v)}" for k, v in summary["space"].items()),
