@@ -125,10 +125,8 @@ def main() -> None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from tests.conftest import make_cifar_archive
 
-        root = out / "generated"
-        root.mkdir(exist_ok=True)
-        make_cifar_archive(root, "cifar10", 500, 100)
-        root = str(root)
+        root = str(out / "generated")
+        make_cifar_archive(Path(root), "cifar10", 500, 100)
         head = 480
         print(f"no CIFAR-10 data given: a generated archive in {root} (timings only)")
     head = args.max_per_class or head

@@ -36,7 +36,9 @@ def _batch(images: np.ndarray, labels: list[int], labels_key: bytes) -> bytes:
 
 
 def make_cifar_archive(folder: Path, name: str, per_class_train: int, per_class_test: int, seed: int = 0) -> Path:
-    """A small archive in the exact official python format (cifar-10 or cifar-100)."""
+    """A small archive in the exact official python format (cifar-10 or cifar-100), written
+    into ``folder`` (made if missing)."""
+    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     k = 10 if name == "cifar10" else 100
 

@@ -140,7 +140,6 @@ def test_the_gpu_check_script_runs_through_on_the_cpu(tmp_path):
     from .conftest import make_cifar_archive
 
     root = tmp_path / "data"
-    root.mkdir()
     make_cifar_archive(root, "cifar10", 120, 10)
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
     args = ["--cpu", "--out", str(tmp_path / "out"), "--root", str(root), "--steps", "1", "--max-per-class", "100"]

@@ -272,11 +272,16 @@ def sampler_seed(seed: int, trials_done: int, pid: int | None = None) -> int:
     return int(np.random.SeedSequence(state).generate_state(1)[0])
 
 
+def default_storage(out: Path) -> str:
+    """The storage URL a tune folder uses without --storage: ``study.db`` (SQLite) in it."""
+    return f"sqlite:///{(Path(out) / 'study.db').resolve()}"
+
+
 def open_storage(storage: str | None, out: Path):
     """Optuna's RDB storage with heartbeats: a trial whose process died is failed after the
     grace period and re-queued once with the same hyperparameters."""
     optuna = _optuna()
-    url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    url = storage or default_storage(out)
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # Optuna 4.9 and later
         retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
@@ -589,7 +594,7 @@ def tune_report(folder: str | Path) -> Path:
     keys = list(summary["space"])
     figure = plot_tune_history(rows, summary["space"], folder / "figures" / "tune_history.png") if rows else None
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["trial_counts"].items())) or "none yet"
-    here = summary["storage"] == f"sqlite:///{(folder / 'study.db').resolve()}"
+    here = summary["storage"] == default_storage(folder)
     storage = "study.db (SQLite) in this folder" if here else summary["storage"]
     lines = [
         "# lort tune",
